@@ -1,0 +1,48 @@
+"""The resolved training configuration: what the `train { }` section (plus `--set`) says.
+
+Plain data: the spec front end fills it in and checks it; the compiler reads the loss
+and optimizer; the runtime reads data, batch, epochs and the rest.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Call:
+    """A named configuration item with arguments, e.g. `adam(lr=1e-3)`."""
+
+    name: str
+    args: dict[str, Any] = field(default_factory=dict)
+    span: Any = None                                   # where it was written (spec.Span)
+    arg_spans: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.args:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, **self.args}
+
+
+@dataclass
+class TrainConfig:
+    data: Call = field(default_factory=lambda: Call("digits"))       # where examples come from
+    loss: Call = field(default_factory=lambda: Call("cross_entropy"))
+    optimizer: Call = field(default_factory=lambda: Call("sgd", {"lr": 0.01}))
+    schedule: Call = field(default_factory=lambda: Call("constant"))  # learning-rate schedule
+    batch: int | str = 32              # examples per step; "full" = batch gradient descent
+    epochs: int = 10                   # passes over the training split
+    seed: int = 0                      # shuffling, splits, initialisation, dropout masks
+    early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
+    spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
+
+    def to_dict(self) -> dict:
+        return {
+            "data": self.data.to_dict(), "loss": self.loss.to_dict(),
+            "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
+            "batch": self.batch, "epochs": self.epochs, "seed": self.seed,
+            "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
+        }

@@ -1,0 +1,79 @@
+"""Text views of a compiled spec: summary, ir, ir-train, params."""
+from __future__ import annotations
+
+from .ir import Graph, print_graph
+from .ops import get
+
+EMITS = ("summary", "ir", "ir-train", "params")
+
+
+def _n(x) -> str:
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    out = []
+    for r in rows:
+        cells = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def node_params(g: Graph, node) -> int:
+    return sum(v.type.numel() for v in node.inputs
+               if v.state is not None and v.state.kind == "param")
+
+
+def summary(spec) -> str:
+    """Per-layer output shape, parameters, FLOPs and activation memory; then totals."""
+    g: Graph = spec.graph
+    rows = [["layer", "op", "output", "params", "FLOPs/example", "act bytes/example"]]
+    total_flops, total_act = 0, 0
+    for node in g.nodes:
+        op = get(node.op)
+        out = node.outputs[0].type
+        flops = op.flops([v.type for v in node.inputs], [o.type for o in node.outputs], node.attrs)
+        act = sum((o.type.per_sample() or 0) * 4 for o in node.outputs)
+        total_flops += flops
+        total_act += act
+        rows.append([node.scope or "-", node.op, str(out), _n(node_params(g, node)), _n(flops),
+                     _n(act)])
+    params = g.params()
+    n_params = sum(p.type.numel() for p in params)
+    n_buffers = sum(v.type.numel() for v in g.state.values() if v.state.kind == "buffer")
+    ins = ", ".join(f"{v.input_name}: {v.type}" for v in g.inputs)
+    outs = ", ".join(f"{n}: {v.type}" for n, v in zip(g.output_names, g.outputs))
+    lines = [f"model {g.name}", f"  inputs:  {ins}", f"  outputs: {outs}", ""]
+    lines += _table(rows, {3, 4, 5})
+    lines += ["",
+              f"parameters:        {_n(n_params)} in {len(params)} tensors"
+              + (f" (+ {_n(n_buffers)} buffer values)" if n_buffers else ""),
+              f"FLOPs/example:     {_n(total_flops)} (forward; a multiply-add counts 2)",
+              f"activations:       {_n(total_act)} bytes/example "
+              f"({total_act * 32 / 2**20:.2f} MiB for a batch of 32)"]
+    return "\n".join(lines) + "\n"
+
+
+def params(spec) -> str:
+    """Every state tensor in execution order: name, shape, count, init, kind."""
+    g: Graph = spec.graph
+    rows = [["name", "shape", "count", "init", "kind"]]
+    for name, v in g.state.items():
+        rows.append([name, "[" + ", ".join(str(d) for d in v.type.shape) + "]",
+                     _n(v.type.numel()), v.state.init, v.state.kind])
+    total = sum(p.type.numel() for p in g.params())
+    return "\n".join(_table(rows, {2}) + ["", f"total parameters: {_n(total)}"]) + "\n"
+
+
+def emit(spec, what: str) -> str:
+    if what == "summary":
+        return summary(spec)
+    if what == "params":
+        return params(spec)
+    if what == "ir":
+        return print_graph(spec.graph)
+    if what == "ir-train":
+        from .train_graph import build_train_graph
+        return print_graph(build_train_graph(spec.graph, spec.config))
+    raise ValueError(what)

@@ -1,0 +1,92 @@
+"""Losses: each reduces a batch to a scalar mean, with its gradient as a backward op."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..ir import TensorType
+from .registry import Arg, Op, ShapeError, register
+
+SCALAR = TensorType(())
+
+
+@register
+class CrossEntropy(Op):
+    name = "cross_entropy"
+    n_inputs = 2
+    args = (Arg("label_smoothing", 0.0, kind="float"),)
+    doc = "Softmax cross-entropy of logits [N, C] against integer labels [N], averaged."
+
+    def infer(self, ins, attrs):
+        logits, labels = ins
+        if logits.rank != 2:
+            raise ShapeError(f"cross_entropy expects logits [N, classes], got {logits}; "
+                             "add `flatten` and a final `linear(classes)`")
+        if labels.rank != 1 or labels.dtype != "i64":
+            raise ShapeError(f"cross_entropy expects integer labels [N], got {labels}")
+        if not 0.0 <= attrs["label_smoothing"] < 1.0:
+            raise ShapeError(f"label_smoothing must be in [0, 1), got {attrs['label_smoothing']}")
+        return [SCALAR]
+
+    def forward(self, ins, attrs, ctx):
+        logits, labels = ins
+        return (F.cross_entropy(logits, labels, label_smoothing=attrs["label_smoothing"]),)
+
+    def vjp(self, b, node, gouts, needs):
+        logits, labels = node.inputs
+        return [b.emit1("cross_entropy_bwd", [gouts[0], logits, labels], node.attrs), None]
+
+
+@register
+class CrossEntropyBwd(Op):
+    """d loss / d logits = (softmax(z) - q) / N, with q the (smoothed) one-hot target."""
+
+    name = "cross_entropy_bwd"
+    n_inputs = 3
+
+    def infer(self, ins, attrs):
+        return [ins[1]]
+
+    def forward(self, ins, attrs, ctx):
+        gy, logits, labels = ins
+        n, c = logits.shape
+        eps = attrs["label_smoothing"]
+        target = F.one_hot(labels, c).to(logits.dtype) * (1.0 - eps) + eps / c
+        return (gy * (torch.softmax(logits, dim=1) - target) / n,)
+
+
+@register
+class Mse(Op):
+    name = "mse"
+    n_inputs = 2
+    doc = "Mean squared error over every element."
+
+    def infer(self, ins, attrs):
+        if ins[0].shape != ins[1].shape:
+            raise ShapeError(f"mse needs prediction and target of one shape, got {ins[0]} and {ins[1]}")
+        return [SCALAR]
+
+    def forward(self, ins, attrs, ctx):
+        return (F.mse_loss(ins[0], ins[1]),)
+
+    def vjp(self, b, node, gouts, needs):
+        pred, target = node.inputs
+        return [b.emit1("mse_bwd", [gouts[0], pred, target]), None]
+
+
+@register
+class MseBwd(Op):
+    """d loss / d pred = 2 (pred - target) / numel."""
+
+    name = "mse_bwd"
+    n_inputs = 3
+
+    def infer(self, ins, attrs):
+        return [ins[1]]
+
+    def forward(self, ins, attrs, ctx):
+        gy, pred, target = ins
+        return (gy * 2.0 * (pred - target) / pred.numel(),)
+
+
+LOSSES = {"cross_entropy": "cross_entropy", "mse": "mse"}

@@ -1,0 +1,127 @@
+"""The Python API the command line is built on.
+
+    import dlc
+    spec  = dlc.compile_spec("examples/digits_mlp.dls", sets=["train.epochs=5"])
+    print(spec.summary())
+    run   = dlc.train(spec, out_dir="runs/digits")        # trains, writes the run directory
+    model = dlc.build(spec, checkpoint="runs/digits/checkpoint.safetensors")
+    y     = model.predict(x)                               # numpy in, numpy out
+    print(model.evaluate())                                # test split of the spec's data
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .compiler.config import TrainConfig
+from .compiler.ir import Graph
+from .spec.diagnostics import SourceFile, Span, UserError
+
+
+@dataclass
+class CompiledSpec:
+    path: Path
+    graph: Graph                      # the model graph (mode-neutral)
+    config: TrainConfig               # the resolved train section
+    spec_hash: str                    # sha256 over the spec and every file it imports
+    sets: list[str] = field(default_factory=list)
+
+    def emit(self, what: str) -> str:
+        from .compiler import emit
+        return emit.emit(self, what)
+
+    def summary(self) -> str:
+        return self.emit("summary")
+
+    def num_params(self) -> int:
+        return sum(p.type.numel() for p in self.graph.params())
+
+
+def _parse_sets(sets: list[str]):
+    from .spec.parser import parse_expr
+    model_sets, train_sets = {}, []
+    for i, item in enumerate(sets):
+        src = SourceFile(f"--set[{i + 1}]", item)
+        if "=" not in item:
+            raise UserError(f"--set expects KEY=VALUE, got {item!r}", Span(src, 1, 1),
+                            hint="for example --set train.epochs=5 or --set model.classes=3")
+        key, value = item.split("=", 1)
+        section, _, name = key.strip().partition(".")
+        key_span = Span(src, 1, 1, 1, len(key) + 1)
+        if section not in ("train", "model") or not name:
+            raise UserError(f"--set keys are train.NAME or model.NAME, got {key!r}", key_span)
+        expr = parse_expr(value, src, len(key) + 1)
+        if section == "train":
+            train_sets.append((name, key_span, expr))
+        else:
+            model_sets[name] = (expr, key_span)
+    return model_sets, train_sets
+
+
+def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = None) -> CompiledSpec:
+    """Parse, check and elaborate a `.dls` file into its model graph and train config."""
+    from .spec.elaborate import Elaborator
+    from .spec.loader import load_module
+    from .spec.train import resolve_train
+
+    path = Path(path)
+    if path.suffix != ".dls" and not path.exists():
+        raise UserError(f"no such file: {path}")
+    module, blocks = load_module(path)
+    if not module.models:
+        raise UserError(f"{path} defines no model", Span(SourceFile(str(path), ""), 1, 1),
+                        hint="a spec needs `model Name { input x: f32[...] ... }`")
+    chosen = module.models[-1]
+    if model is not None:
+        named = [m for m in module.models if m.name == model]
+        if not named:
+            raise UserError(f"{path} has no model named {model!r}")
+        chosen = named[0]
+    model_sets, train_sets = _parse_sets(list(sets))
+    elab = Elaborator(blocks)
+    env_overrides = {}
+    if model_sets:
+        from .spec.train import _ConfigEval
+        for k, (expr, span) in model_sets.items():
+            env_overrides[k] = (_ConfigEval().eval(expr, None), span)
+    try:
+        graph = elab.build(chosen, env_overrides)
+    except RecursionError:
+        raise UserError("the model nests too deeply to elaborate", chosen.span) from None
+    config = resolve_train(module.trains, train_sets)
+    digest = hashlib.sha256()
+    for src in sorted(_sources(path)):
+        digest.update(Path(src).read_bytes())
+    return CompiledSpec(path, graph, config, digest.hexdigest(), list(sets))
+
+
+def _sources(path: Path) -> set[str]:
+    from .spec.loader import read_source
+    from .spec.parser import parse
+    seen: set[str] = set()
+    stack = [path]
+    while stack:
+        p = Path(stack.pop()).resolve()
+        if str(p) in seen:
+            continue
+        seen.add(str(p))
+        module = parse(read_source(p), str(p))
+        stack.extend(p.parent / imp.path for imp in module.imports)
+    return seen
+
+
+def build(spec: CompiledSpec, backend: str = "auto", device: str | None = None,
+          checkpoint: str | Path | None = None, seed: int | None = None):
+    """An executable model (inference + evaluation) on a backend, optionally from a checkpoint."""
+    from .runtime.model import Model
+    return Model(spec, backend=backend, device=device, checkpoint=checkpoint, seed=seed)
+
+
+def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
+          device: str | None = None, seed: int | None = None,
+          init_from: str | Path | None = None, progress: bool = True):
+    """Train as the spec says and write the run directory; returns the final metrics."""
+    from .runtime.loop import run_training
+    return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
+                        init_from=init_from, progress=progress)

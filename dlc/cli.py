@@ -1,0 +1,156 @@
+"""The `dlc` command line: check, compile, train, eval, predict.
+
+Exit codes: 0 success, 2 a user error (spec, arguments, data), 1 anything else,
+130 interrupted.  Set DLC_DEBUG=1 to see the traceback of an internal error.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .spec.diagnostics import UserError
+
+EMITS = ("summary", "ir", "ir-train", "params")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                       # argparse's own errors: exit 2, no traceback
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"dlc: error: {message}\n")
+        raise SystemExit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="dlc", description="Compile and run declarative neural-network specs.")
+    p.add_argument("--version", action="version", version=f"dlc {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def spec_cmd(name, help):
+        c = sub.add_parser(name, help=help, description=help)
+        c.add_argument("spec", help="the .dls file")
+        c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting: train.epochs=5, model.classes=3")
+        return c
+
+    spec_cmd("check", "parse and check a spec; print diagnostics only")
+    c = spec_cmd("compile", "compile a spec and print what it became")
+    c.add_argument("--emit", choices=EMITS, default="summary")
+    c.add_argument("-o", "--output", help="write to this file instead of stdout")
+    c = spec_cmd("train", "train the model as the spec's train section says")
+    c.add_argument("--out", help="run directory (default runs/<spec name>)")
+    c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    c.add_argument("--seed", type=int, help="override train.seed")
+    c.add_argument("--init-from", metavar="CKPT", help="start from these weights")
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c.add_argument("--split", default="test", choices=("train", "val", "test"))
+    c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    c.add_argument("--device")
+    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy file")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c.add_argument("--input", required=True, metavar="X.npy")
+    c.add_argument("--output", required=True, metavar="Y.npy")
+    c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    c.add_argument("--device")
+    return p
+
+
+def _compile(args):
+    from .api import compile_spec
+    return compile_spec(args.spec, args.set)
+
+
+def cmd_check(args) -> int:
+    spec = _compile(args)
+    print(f"{args.spec}: ok ({spec.graph.name}, {spec.num_params():,} parameters)")
+    return 0
+
+
+def cmd_compile(args) -> int:
+    text = _compile(args).emit(args.emit)
+    if args.output:
+        _write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
+
+
+def cmd_train(args) -> int:
+    from .api import train
+    spec = _compile(args)
+    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    final = train(spec, out, backend=args.backend, device=args.device, seed=args.seed,
+                  init_from=args.init_from, progress=not args.quiet)
+    acc = final["test_acc"]
+    shown = f"test_acc {acc:.4f}  " if acc is not None else ""
+    print(f"{shown}test_loss {final['test_loss']:.4f}  epochs {final['epochs_run']} "
+          f"({final['stopped']})  -> {out}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import json
+    from .api import build
+    spec = _compile(args)
+    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    print(json.dumps({"split": args.split, **model.evaluate(args.split)}))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    from .api import build
+    spec = _compile(args)
+    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"no such file: {args.input}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{args.input} is not a readable .npy array ({e})") from None
+    y = model.predict(x)
+    try:
+        np.save(args.output, y)
+    except OSError as e:
+        raise UserError(f"cannot write {args.output}: {e.strerror}") from None
+    print(f"wrote {args.output}: {list(y.shape)}")
+    return 0
+
+
+COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eval": cmd_eval,
+            "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as e:
+        sys.stderr.write(e.render() + "\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("dlc: interrupted; files already written are kept\n")
+        return 130
+    except Exception as e:                          # noqa: BLE001 — the last line of defence
+        if os.environ.get("DLC_DEBUG"):
+            raise
+        sys.stderr.write(f"dlc: internal error: {type(e).__name__}: {e}\n"
+                         "  (this is a bug in dlc; rerun with DLC_DEBUG=1 for the traceback)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

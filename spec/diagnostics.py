@@ -1,0 +1,91 @@
+"""Diagnostics: source files, spans, and the `file:line:col: error:` messages users see.
+
+Every user-facing error in dlc is a `UserError` carrying an optional `Span`.
+`render()` formats it like a modern compiler: the location, the message, the
+source line, a caret under the span, and optional notes and a hint.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A named piece of source text (a `.dls` file, or a `--set` value)."""
+
+    path: str
+    text: str = field(repr=False)
+
+    def line(self, lineno: int) -> str:
+        lines = self.text.splitlines()
+        return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+
+
+@dataclass(frozen=True)
+class Span:
+    """A region of a source file: 1-based line/column, end exclusive."""
+
+    source: SourceFile
+    line: int
+    col: int
+    end_line: int | None = None
+    end_col: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.source.path}:{self.line}:{self.col}"
+
+    @property
+    def short(self) -> str:
+        """`file.dls:3:5` with only the file's base name, for IR comments."""
+        return f"{self.source.path.rsplit('/', 1)[-1]}:{self.line}:{self.col}"
+
+
+@dataclass
+class Note:
+    message: str
+    span: Span | None = None
+
+
+class UserError(Exception):
+    """An error caused by the user's input (spec, arguments, data): exit code 2."""
+
+    def __init__(self, message: str, span: Span | None = None, *, hint: str | None = None,
+                 notes: list[Note] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+        self.notes = notes or []
+
+    def render(self) -> str:
+        out = [_render_one("error", self.message, self.span)]
+        for note in self.notes:
+            out.append(_render_one("note", note.message, note.span))
+        if self.hint:
+            out.append(f"  = hint: {self.hint}")
+        return "\n".join(out)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+def _render_one(kind: str, message: str, span: Span | None) -> str:
+    if span is None:
+        return f"dlc: {kind}: {message}"
+    head = f"{span}: {kind}: {message}"
+    src = span.source.line(span.line).replace("\t", " ")
+    if not src.strip():
+        return head
+    width = 1
+    if span.end_line == span.line and span.end_col and span.end_col > span.col:
+        width = span.end_col - span.col
+    gutter = f"{span.line:>4} | "
+    caret = " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" + "~" * (width - 1)
+    return f"{head}\n{gutter}{src}\n{caret}"
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    """A 'did you mean' hint for the closest candidate, or None."""
+    match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean '{match[0]}'?" if match else None

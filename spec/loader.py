@@ -1,0 +1,54 @@
+"""Read `.dls` files and their imports, with located errors for missing or unreadable files."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import ast
+from .diagnostics import Span, UserError
+from .parser import parse
+
+
+def read_source(path: str | Path, span: Span | None = None) -> str:
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"no such file: {path}", span) from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a .dls file", span) from None
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror}", span) from None
+    if b"\x00" in data:
+        raise UserError(f"{path} is a binary file, not a .dls spec", span)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start})", span) from None
+
+
+def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
+                span: Span | None = None) -> tuple[ast.Module, dict[str, ast.BlockDef]]:
+    """Parse `path` and, recursively, its imports. Returns the module and every block it sees."""
+    p = Path(path).resolve()
+    if p in _stack:
+        cycle = " -> ".join(q.name for q in (*_stack, p))
+        raise UserError(f"import cycle: {cycle}", span)
+    module = parse(read_source(path, span), str(path))
+    blocks: dict[str, ast.BlockDef] = {}
+    for imp in module.imports:
+        target = (Path(path).parent / imp.path)
+        _, imported = load_module(target, (*_stack, p), imp.span)
+        for name, b in imported.items():
+            _define(blocks, b)
+    for b in module.blocks:
+        _define(blocks, b)
+    return module, blocks
+
+
+def _define(blocks: dict[str, ast.BlockDef], b: ast.BlockDef) -> None:
+    prev = blocks.get(b.name)
+    if prev is not None and prev is not b and prev.span != b.span:
+        from .diagnostics import Note
+        raise UserError(f"block '{b.name}' is defined twice", b.span,
+                        notes=[Note("first defined here", prev.span)])
+    blocks[b.name] = b

@@ -1,0 +1,161 @@
+"""The `train { }` section: evaluate settings into a checked `TrainConfig`."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..compiler.config import Call, TrainConfig
+from ..compiler.ops import get as get_op
+from ..compiler.optimizers import OPTIMIZERS, check_optimizer_args
+from ..compiler.ops.registry import Arg
+from ..runtime.data import DATASOURCES
+from ..runtime.schedules import SCHEDULES
+from . import ast
+from .bind import bind, describe
+from .diagnostics import Note, Span, UserError, did_you_mean
+from .elaborate import Elaborator
+from .values import Symbol
+
+LOSSES = {"cross_entropy": get_op("cross_entropy").args, "mse": get_op("mse").args}
+EARLY_STOPPING = (Arg("monitor", "val_loss", kind="name"), Arg("patience", 5, kind="int"),
+                  Arg("min_delta", 0.0, kind="float"))
+
+# key -> (kind, table of named choices or None, what to write)
+SETTINGS: dict[str, tuple[str, dict | None, str]] = {
+    "data": ("call", DATASOURCES, "data digits(val=0.1, test=0.2)"),
+    "loss": ("call", LOSSES, "loss cross_entropy(label_smoothing=0.1)"),
+    "optimizer": ("call", OPTIMIZERS, "optimizer adam(lr=1e-3)"),
+    "schedule": ("call", SCHEDULES, "schedule cosine(warmup=2)"),
+    "batch": ("batch", None, "batch 64   (or `full` for batch gradient descent)"),
+    "epochs": ("posint", None, "epochs 30"),
+    "seed": ("int", None, "seed 0"),
+    "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
+}
+
+
+class _ConfigValue:
+    """A call written in the train section, before it is checked: `adam(lr=1e-3)`."""
+
+    def __init__(self, name, span, positional, keyword):
+        self.name, self.span, self.positional, self.keyword = name, span, positional, keyword
+
+    def describe(self) -> str:
+        return f"{self.name}(...)"
+
+
+class _ConfigEval(Elaborator):
+    """Expressions of the train section: bare names are symbols, calls are configuration."""
+
+    def __init__(self):
+        super().__init__({})
+
+    def eval_Name(self, node, env):
+        return Symbol(node.id)
+
+    def eval_Call(self, node, env):
+        if node.body is not None:
+            raise UserError(f"'{node.name}' does not take a body here", node.span)
+        pos = [(self.eval(a.value, env), a.span) for a in node.args if a.name is None]
+        kw = {}
+        for a in node.args:
+            if a.name is not None:
+                if a.name in kw:
+                    raise UserError(f"argument '{a.name}' given twice", a.span)
+                kw[a.name] = (self.eval(a.value, env), a.span)
+        return _ConfigValue(node.name, node.span, pos, kw)
+
+    def eval_Group(self, node, env):
+        if len(node.args) == 1 and node.args[0].name is None:
+            return self.eval(node.args[0].value, env)
+        return self.eval_Call(ast.Call(node.span, "", node.span, node.args), env)
+
+    def eval_In(self, node, env):
+        raise UserError("`in` has no meaning in the train section", node.span)
+
+
+def _as_call(value: Any, key: str, span: Span, table: dict) -> Call:
+    if isinstance(value, Symbol):
+        value = _ConfigValue(value.name, span, [], {})
+    if not isinstance(value, _ConfigValue) or not value.name:
+        raise UserError(f"{key} expects one of: {', '.join(sorted(table))}; got {describe(value)}",
+                        span)
+    if value.name not in table:
+        raise UserError(f"unknown {key} '{value.name}'", value.span,
+                        hint=did_you_mean(value.name, table) or
+                        f"choose one of: {', '.join(sorted(table))}")
+    args = bind(table[value.name], value.positional, value.keyword, value.name, value.span)
+    arg_spans = {k: s for k, (_, s) in value.keyword.items()}
+    for (_, s), a in zip(value.positional, table[value.name]):
+        arg_spans[a.name] = s
+    return Call(value.name, args, value.span, arg_spans)
+
+
+def _int(value, key, span, minimum=None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UserError(f"{key} must be a whole number, got {describe(value)}", span)
+    if minimum is not None and value < minimum:
+        raise UserError(f"{key} must be at least {minimum}, got {value}", span)
+    return value
+
+
+def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | None,
+                  value_span: Span) -> None:
+    if key not in SETTINGS:
+        raise UserError(f"unknown train setting '{key}'", key_span,
+                        hint=did_you_mean(key, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+    kind, table, example = SETTINGS[key]
+    if expr is None and kind != "early":
+        raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
+    value = _ConfigEval().eval(expr, None) if expr is not None else None
+    if kind == "call":
+        call = _as_call(value, key, value_span, table)
+        if key == "optimizer":
+            problem = check_optimizer_args(call)
+            if problem:
+                raise UserError(f"optimizer {call.name}: {problem}", call.span)
+        setattr(cfg, key, call)
+    elif kind == "batch":
+        if isinstance(value, Symbol) and value.name == "full":
+            cfg.batch = "full"
+        else:
+            cfg.batch = _int(value, "batch", value_span, 1)
+    elif kind == "posint":
+        setattr(cfg, key, _int(value, key, value_span, 1))
+    elif kind == "int":
+        setattr(cfg, key, _int(value, key, value_span))
+    elif kind == "early":
+        if value is None:
+            value = _ConfigValue("early_stopping", key_span, [], {})
+        elif not isinstance(value, _ConfigValue):
+            raise UserError(f"early_stopping takes arguments, got {describe(value)}", value_span,
+                            hint=f"for example: {example}")
+        value.name = "early_stopping"
+        for k, (v, s) in list(value.keyword.items()):
+            if isinstance(v, Symbol):
+                value.keyword[k] = (v.name, s)
+        call = _as_call(value, key, value_span, {"early_stopping": EARLY_STOPPING})
+        if call.args["monitor"] not in ("val_loss", "val_acc"):
+            raise UserError(f"early_stopping can monitor val_loss or val_acc, not "
+                            f"'{call.args['monitor']}'", call.arg_spans.get("monitor", call.span))
+        if call.args["patience"] < 1:
+            raise UserError("patience must be at least 1", call.arg_spans.get("patience"))
+        cfg.early_stopping = call
+    cfg.spans[key] = key_span
+
+
+def resolve_train(trains: list[ast.TrainDef],
+                  overrides: list[tuple[str, Span, ast.Node]]) -> TrainConfig:
+    cfg = TrainConfig()
+    if len(trains) > 1:
+        raise UserError("only one train section is allowed", trains[1].span,
+                        notes=[Note("the first is here", trains[0].span)])
+    seen: dict[str, Span] = {}
+    for t in trains:
+        for s in t.settings:
+            if s.key in seen:
+                raise UserError(f"'{s.key}' is set twice", s.key_span,
+                                notes=[Note("first set here", seen[s.key])])
+            seen[s.key] = s.key_span
+            apply_setting(cfg, s.key, s.key_span, s.value, s.value.span if s.value else s.span)
+    for key, span, expr in overrides:
+        apply_setting(cfg, key, span, expr, expr.span)
+    return cfg
