@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+from ._lazy import torch
 
 from ..ir import TensorType
 from .registry import Arg, LocalState, Op, ShapeError, register

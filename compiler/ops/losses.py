@@ -1,8 +1,7 @@
 """Losses: each reduces a batch to a scalar mean, with its gradient as a backward op."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from ._lazy import F, torch
 
 from ..ir import TensorType
 from .registry import Arg, Op, ShapeError, register

@@ -5,7 +5,7 @@ output back to its state with `@name <- %value`.
 """
 from __future__ import annotations
 
-import torch
+from ._lazy import torch
 
 from ..ir import TensorType
 from .registry import Op, ShapeError, register
