@@ -1,10 +1,10 @@
-"""Text views of a compiled spec: summary, ir, ir-train, params."""
+"""Views of a compiled spec: summary, ir, ir-train, params, dot (text) and onnx (bytes)."""
 from __future__ import annotations
 
 from .ir import Graph, print_graph
 from .ops import get
 
-EMITS = ("summary", "ir", "ir-train", "params")
+EMITS = ("summary", "ir", "ir-train", "params", "dot", "onnx")
 
 
 def _n(x) -> str:
@@ -66,7 +66,8 @@ def params(spec) -> str:
     return "\n".join(_table(rows, {2}) + ["", f"total parameters: {_n(total)}"]) + "\n"
 
 
-def emit(spec, what: str) -> str:
+def emit(spec, what: str) -> str | bytes:
+    """One view of `spec`; every view is text except "onnx", which is the model's bytes."""
     if what == "summary":
         return summary(spec)
     if what == "params":
@@ -76,4 +77,10 @@ def emit(spec, what: str) -> str:
     if what == "ir-train":
         from .train_graph import build_train_graph
         return print_graph(build_train_graph(spec.graph, spec.config))
+    if what == "dot":
+        from .dot import to_dot
+        return to_dot(spec.graph)
+    if what == "onnx":
+        from .onnx_export import export_onnx
+        return export_onnx(spec)
     raise ValueError(what)

@@ -1,4 +1,4 @@
-"""The `dlc` command line: check, compile, train, eval, predict.
+"""The `dlc` command line: check, compile, train, eval, predict, convert.
 
 Exit codes: 0 success, 2 a user error (spec, arguments, data), 1 anything else,
 130 interrupted.  Set DLC_DEBUG=1 to see the traceback of an internal error.
@@ -13,7 +13,8 @@ from pathlib import Path
 from . import __version__
 from .spec.diagnostics import UserError
 
-EMITS = ("summary", "ir", "ir-train", "params")
+EMITS = ("summary", "ir", "ir-train", "params", "dot", "onnx")
+RENDERED = (".svg", ".png", ".pdf")                # `--emit dot -o` suffixes drawn by Graphviz
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,7 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     spec_cmd("check", "parse and check a spec; print diagnostics only")
     c = spec_cmd("compile", "compile a spec and print what it became")
     c.add_argument("--emit", choices=EMITS, default="summary")
-    c.add_argument("-o", "--output", help="write to this file instead of stdout")
+    c.add_argument("-o", "--output", help="write to this file instead of stdout (required for "
+                   "onnx; for dot, a .svg/.png/.pdf path is rendered with Graphviz)")
+    c.add_argument("--checkpoint", metavar="CKPT",
+                   help="weights for --emit onnx (default: a fresh init from the spec's seed)")
     c = spec_cmd("train", "train the model as the spec's train section says")
     c.add_argument("--out", help="run directory (default runs/<spec name>)")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
@@ -58,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, metavar="Y.npy")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
+    c = spec_cmd("convert", "convert a PyTorch state dict into a dlc checkpoint for a spec")
+    c.add_argument("--from", dest="source", required=True, metavar="STATE_DICT",
+                   help=".safetensors, or .pt/.pth read with torch.load(weights_only=True)")
+    c.add_argument("-o", "--output", required=True, metavar="CKPT",
+                   help="the dlc checkpoint to write (.safetensors)")
+    c.add_argument("--show", action="store_true", help="print every dlc <- source pair")
     return p
 
 
@@ -73,12 +83,65 @@ def cmd_check(args) -> int:
 
 
 def cmd_compile(args) -> int:
-    text = _compile(args).emit(args.emit)
-    if args.output:
-        _write_text(Path(args.output), text)
+    if args.emit == "onnx" and not args.output:
+        raise UserError("--emit onnx writes a binary file: give its path with -o, "
+                        "e.g. -o model.onnx")
+    if args.checkpoint and args.emit != "onnx":
+        raise UserError("--checkpoint only applies to --emit onnx")
+    out = Path(args.output) if args.output else None
+    render = args.emit == "dot" and out is not None and out.suffix.lower() in RENDERED
+    if render:
+        _require_graphviz(out)
+    spec = _compile(args)
+    if args.emit == "onnx":
+        return _emit_onnx(spec, args.checkpoint, out)
+    text = spec.emit(args.emit)
+    if render:
+        _write_bytes(out, _render_dot(text, out.suffix.lower()[1:]))
+        print(f"wrote {out}")
+    elif out is not None:
+        _write_text(out, text)
     else:
         sys.stdout.write(text)
     return 0
+
+
+def _emit_onnx(spec, checkpoint: str | None, out: Path) -> int:
+    from .compiler.onnx_export import OPSET, export_onnx
+    state = None
+    if checkpoint:
+        from .runtime.checkpoint import load
+        state = load(Path(checkpoint), spec.graph)
+    data = export_onnx(spec, state)
+    _write_bytes(out, data)
+    weights = f"weights from {checkpoint}" if checkpoint else "freshly initialised weights"
+    print(f"wrote {out}: ONNX opset {OPSET}, {len(data):,} bytes, {weights}")
+    return 0
+
+
+def _require_graphviz(out: Path) -> None:
+    import shutil
+    if shutil.which("dot") is None:
+        raise UserError(f"drawing {out} needs the Graphviz `dot` program, which is not on PATH",
+                        hint="install Graphviz (apt-get install graphviz, or brew install "
+                             f"graphviz), or write the Graphviz source with -o "
+                             f"{out.with_suffix('.dot')} and render it elsewhere")
+
+
+def _render_dot(text: str, fmt: str) -> bytes:
+    import subprocess
+    done = subprocess.run(["dot", f"-T{fmt}"], input=text.encode(), capture_output=True,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"Graphviz dot -T{fmt} failed: {done.stderr.decode().strip()}")
+    return done.stdout
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -130,8 +193,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .runtime.convert import convert
+    spec = _compile(args)
+    done = convert(spec, args.source, args.output)
+    if args.show:
+        for mine, theirs in done.pairs:
+            print(f"  {mine} <- {theirs}  {list(spec.graph.state[mine].type.shape)}")
+    how = ("by name" if done.by_name else "by order" if done.source_ordered
+           else "by order of the sorted .safetensors names")
+    dropped = f", dropped {len(done.dropped)} num_batches_tracked" if done.dropped else ""
+    print(f"mapped {done.count} tensors {how}{dropped} onto {spec.graph.name} -> {args.output}")
+    return 0
+
+
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eval": cmd_eval,
-            "predict": cmd_predict}
+            "predict": cmd_predict, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,8 +21,11 @@ def save(path: Path, g: Graph, state: dict[str, torch.Tensor], meta: dict[str, s
     tensors = {n: state[n].detach().to("cpu").contiguous() for n in model_state_names(g)}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})
+        os.replace(tmp, path)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"cannot write the checkpoint {path}: {e}") from None
 
 
 def load(path: Path, g: Graph) -> dict[str, torch.Tensor]:

@@ -158,4 +158,10 @@ def resolve_train(trains: list[ast.TrainDef],
             apply_setting(cfg, s.key, s.key_span, s.value, s.value.span if s.value else s.span)
     for key, span, expr in overrides:
         apply_setting(cfg, key, span, expr, expr.span)
+    for key in ("data", "loss", "optimizer", "schedule"):     # defaults get their defaults too
+        call = getattr(cfg, key)
+        table = SETTINGS[key][1]
+        setattr(cfg, key, Call(call.name, bind(table[call.name], [], dict(
+            (k, (v, call.arg_spans.get(k))) for k, v in call.args.items()), call.name, call.span),
+            call.span, call.arg_spans))
     return cfg
