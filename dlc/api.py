@@ -70,7 +70,7 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
         raise UserError(f"no such file: {path}")
     module, blocks = load_module(path)
     if not module.models:
-        raise UserError(f"{path} defines no model", Span(SourceFile(str(path), ""), 1, 1),
+        raise UserError("no model is defined in this file", Span(SourceFile(str(path), ""), 1, 1),
                         hint="a spec needs `model Name { input x: f32[...] ... }`")
     chosen = module.models[-1]
     if model is not None:

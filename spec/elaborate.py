@@ -189,7 +189,7 @@ class Elaborator:
         if node.id in ("dense", "repeat"):
             raise UserError(f"{node.id} needs a count and a body: {node.id}(4) {{ ... }}", node.span)
         candidates = env.names() + list(self.blocks) + layer_names()
-        raise UserError(f"unknown name '{node.id}'", node.span,
+        raise UserError(f"unknown layer or value '{node.id}'", node.span,
                         hint=did_you_mean(node.id, candidates))
 
     def eval_Attr(self, node, env):
@@ -368,7 +368,8 @@ class Elaborator:
             local_state = op.state(in_types, attrs)
         except ShapeError as e:
             notes = [Note(f"the input {t.value.type} is {t.what}", t.origin) for t in inputs]
-            raise UserError(f"{node.name}: {e}", node.span, notes=notes) from None
+            msg = str(e) if str(e).startswith(node.name) else f"{node.name}: {e}"
+            raise UserError(msg, node.span, notes=notes) from None
         b = Builder(self.graph, loc=node.span)
         name = self.instance_name(inst_name or op.layer, explicit=inst_name is not None,
                                   span=node.span) if local_state else ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import ast
-from .diagnostics import Span, UserError
+from .diagnostics import SourceFile, Span, UserError
 from .parser import parse
 
 
@@ -18,12 +18,18 @@ def read_source(path: str | Path, span: Span | None = None) -> str:
         raise UserError(f"{path} is a directory, not a .dls file", span) from None
     except OSError as e:
         raise UserError(f"cannot read {path}: {e.strerror}", span) from None
-    if b"\x00" in data:
-        raise UserError(f"{path} is a binary file, not a .dls spec", span)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text (bad byte at offset {e.start})", span) from None
+    bad = data.find(b"\x00")
+    if bad < 0:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            bad = e.start
+    line = data.count(b"\n", 0, bad) + 1
+    col = bad - (data.rfind(b"\n", 0, bad) + 1) + 1
+    where = span or Span(SourceFile(str(path), ""), line, col)
+    raise UserError(f"{path} is not a text .dls spec: byte 0x{data[bad]:02x} at line {line}, "
+                    f"column {col} is not UTF-8 text", where,
+                    hint="a .dls spec is UTF-8 text; is this the right file?")
 
 
 def load_module(path: str | Path, _stack: tuple[Path, ...] = (),

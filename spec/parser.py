@@ -1,6 +1,7 @@
 """Parse `.dls` text into the AST, turning every syntax error into a located `UserError`."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,13 +19,24 @@ _PRETTY = {
     "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "DOT": "'.'", "EQUAL": "'='",
     "MINUS": "'-'", "_NL": "a new line", "NAME": "a name", "INT": "an integer",
     "FLOAT": "a number", "STRING": "a string", "COMPOP": "a comparison", "ADDOP": "'+' or '-'",
-    "MULOP": "'*', '/', '//' or '%'", "__ANON_0": "'->'", "$END": "the end of the file",
+    "MULOP": "'*', '/', '//' or '%'", "$END": "the end of the file",
 }
+
+
+def _literal(term: str) -> str | None:
+    """The literal text of a string terminal ('->' for the anonymous arrow), else None."""
+    for t in _parser().terminals:
+        if t.name == term and t.pattern.type == "str":
+            return t.pattern.value
+    return None
 
 
 def _pretty(term: str) -> str:
     if term in _PRETTY:
         return _PRETTY[term]
+    lit = _literal(term)
+    if lit is not None:
+        return f"'{lit}'"
     if term.isupper() and term.isalpha():
         return f"'{term.lower()}'"          # keywords: IMPORT -> 'import'
     return term
@@ -74,6 +86,11 @@ _EXAMPLES = {
     "a layer chain needs '->' between steps": [
         "model M {\n linear(3) relu\n}\n", "model M {\n relu relu\n}\n"],
     "missing ')' to close the argument list": ["model M {\n linear(3\n}\n"],
+    "'->' must be followed by a layer": ["model M {\n linear(3) -> \n}\n",
+                                         "model M {\n linear(3) -> -> relu\n}\n"],
+    "missing a value after '='": ["model M {\n x = \n}\n", "model M(c=) {\n}\n"],
+    "'{' must follow on the same line": ["model M \n input x: f32[3]\n}\n",
+                                         "block B(c)\n{\n}\n"],
     "unclosed '{': a block body must end with '}'": ["model M {\n relu\n"],
     "'shortcut' must follow the closing '}' of 'residual' on the same line": [
         "model M {\n residual { relu }\n shortcut { relu }\n}\n"],
@@ -91,10 +108,33 @@ def parse(text: str, path: str = "<input>") -> ast.Module:
         raise _syntax_error(src, e) from None
     except RecursionError:
         raise UserError("nesting is too deep to parse", Span(src, 1, 1)) from None
+    _check_depth(src, tree)
     try:
         return _ToAst(src).transform(tree)
     except RecursionError:
         raise UserError("nesting is too deep to parse", Span(src, 1, 1)) from None
+
+
+MAX_TREE_DEPTH = 200
+MAX_OPERANDS = 256
+
+
+def _check_depth(src: SourceFile, tree: lark.Tree) -> None:
+    """Reject absurdly deep or long expressions with a location, before anything recurses."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, lark.Tree):
+            continue
+        meta = node.meta
+        where = Span(src, meta.line, meta.column) if not meta.empty else Span(src, 1, 1)
+        if depth > MAX_TREE_DEPTH:
+            raise UserError(f"this expression nests too deeply (more than {MAX_TREE_DEPTH} levels)",
+                            where, hint="split it up, or use named values and blocks")
+        if node.data in ("arith", "or_", "and_") and len(node.children) > MAX_OPERANDS:
+            raise UserError(f"this expression is too long (more than {MAX_OPERANDS} operands)",
+                            where)
+        stack.extend((c, depth + 1) for c in node.children)
 
 
 def parse_expr(text: str, src: SourceFile, offset: int = 0) -> ast.Node:
@@ -129,12 +169,46 @@ def _reanchor(node, src: SourceFile, shift: int):
     return node
 
 
+def _open_bracket_positions(text: str) -> list[tuple[str, int]]:
+    """(bracket, offset) still open at the end of `text` (strings and comments skipped)."""
+    stack = []
+    for m in re.finditer(r'"(?:\\.|[^"\\\n])*"|#[^\n]*|[()\[\]{}]', text):
+        ch = m.group(0)
+        if ch in "([{":
+            stack.append((ch, m.start()))
+        elif ch in ")]}" and stack:
+            stack.pop()
+    return stack
+
+
+def _open_brackets(text: str) -> str:
+    return "".join(ch for ch, _ in _open_bracket_positions(text))
+
+
+def _classify(src: SourceFile, e: lark.UnexpectedInput) -> str | None:
+    """Name the common mistakes from the token and what was expected instead."""
+    if not isinstance(e, lark.UnexpectedToken) or e.token.start_pos is None:
+        return None
+    expected = {_literal(t) or t for t in e.expected}
+    word = e.token.type in ("NAME", "INT", "FLOAT", "STRING")
+    inner = _open_brackets(src.text[:e.token.start_pos])[-1:]
+    if word and inner == "(" and ")" in expected and "," in expected:
+        return f"missing ',' or ')' before {str(e.token)!r} in an argument list"
+    if word and inner == "{" and "->" in expected:
+        return f"missing '->' before {str(e.token)!r}: steps of a chain are joined by '->'"
+    if word and inner == "[" and "]" in expected and "," in expected:
+        return f"missing ',' or ']' before {str(e.token)!r}"
+    return None
+
+
 def _syntax_error(src: SourceFile, e: lark.UnexpectedInput) -> UserError:
-    label = None
-    try:
-        label = e.match_examples(_parser().parse, _EXAMPLES, use_accepts=True)
-    except Exception:                                # noqa: BLE001 — best effort only
-        label = None
+    label = _classify(src, e)
+    classified = label is not None
+    if label is None:
+        try:
+            label = e.match_examples(_parser().parse, _EXAMPLES, use_accepts=True)
+        except Exception:                            # noqa: BLE001 — best effort only
+            label = None
     if isinstance(e, lark.UnexpectedCharacters):
         ch = src.text[e.pos_in_stream] if e.pos_in_stream < len(src.text) else "?"
         span = Span(src, e.line, e.column, e.line, e.column + 1)
@@ -144,6 +218,15 @@ def _syntax_error(src: SourceFile, e: lark.UnexpectedInput) -> UserError:
                                               and e.token.type == "$END"):
         lines = src.text.splitlines() or [""]
         span = Span(src, len(lines), len(lines[-1]) + 1)
+        still_open = _open_bracket_positions(src.text)
+        if still_open:
+            ch, pos = still_open[-1]
+            line = src.text.count("\n", 0, pos) + 1
+            col = pos - (src.text.rfind("\n", 0, pos) + 1) + 1
+            closer = {"(": ")", "[": "]", "{": "}"}[ch]
+            return UserError(f"unexpected end of file: this '{ch}' is never closed",
+                             Span(src, line, col, line, col + 1),
+                             hint=f"add the matching '{closer}'")
         return UserError(label or "unexpected end of file", span,
                          hint=_expected_hint(getattr(e, "expected", None)))
     tok = e.token
@@ -152,7 +235,8 @@ def _syntax_error(src: SourceFile, e: lark.UnexpectedInput) -> UserError:
     if tok.type == "_NL":                        # point at the end of the line, not the next one
         line = src.line(tok.line)
         span = Span(src, tok.line, max(1, len(line.rstrip()) + 1))
-    return UserError(label or f"unexpected {shown}", span, hint=_expected_hint(e.expected))
+    return UserError(label or f"unexpected {shown}", span,
+                     hint=None if classified else _expected_hint(e.expected))
 
 
 def _expected_hint(expected) -> str | None:
