@@ -11,7 +11,7 @@ def requires_grad(g: Graph, wrt: list[Value]) -> set[int]:
     """ids of values that depend on any of `wrt` (only those need gradients)."""
     live = {id(v) for v in wrt}
     for node in g.nodes:
-        if any(id(v) in live for v in node.inputs):
+        if get(node.op).differentiable and any(id(v) in live for v in node.inputs):
             live.update(id(o) for o in node.outputs)
     return live
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .autodiff import backward
 from .config import TrainConfig
 from .ir import Graph, TensorType
-from .lower import lower
+from .lower import live_nodes, lower
 from .ops import Builder
 from .optimizers import lower_optimizer
 
@@ -29,4 +29,5 @@ def build_train_graph(model: Graph, cfg: TrainConfig) -> Graph:
     lower_optimizer(g, cfg.optimizer, params, grads, lr)
     g.outputs = [loss, *g.outputs]
     g.output_names = ["loss", *g.output_names]
+    g.nodes = live_nodes(g)                      # drop gradients nothing consumes
     return g

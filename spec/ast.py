@@ -108,7 +108,7 @@ class Concat(Node):
 class Input(Node):
     name: str
     dtype: str
-    dims: list[int | str]
+    dims: list[Node]                # expressions; a bare unknown name is a symbolic size
     type_span: Span
 
 

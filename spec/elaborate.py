@@ -131,10 +131,20 @@ class Elaborator:
                             hint="inputs are f32 tensors, e.g. f32[3, 32, 32]")
         if not stmt.dims:
             raise UserError("an input needs at least one dimension", stmt.type_span)
+        dims = []
         for d in stmt.dims:
-            if isinstance(d, int) and d < 1:
-                raise UserError(f"input dimensions must be positive, got {d}", stmt.type_span)
-        v = self.graph.add_input(stmt.name, TensorType(("N", *stmt.dims)))
+            if isinstance(d, ast.Name) and d.id not in env.names():
+                if d.id == "N":
+                    raise UserError("N is the batch size, which every input has implicitly",
+                                    d.span, hint="declare only the per-example dimensions")
+                dims.append(d.id)                     # a symbolic size such as H or W
+                continue
+            v = self.eval(d, env)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise UserError(f"input dimensions must be positive whole numbers or size names, "
+                                f"got {describe(v)}", d.span)
+            dims.append(v)
+        v = self.graph.add_input(stmt.name, TensorType(("N", *dims)))
         return Tensor(v, stmt.span, f"the input {stmt.name}")
 
     def lookup_tensor(self, name: str, span: Span, env: Env) -> Tensor:

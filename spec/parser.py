@@ -304,8 +304,7 @@ class _ToAst(Transformer):
         return ast.Input(self.sp(meta), str(c[0]), dtype, dims, tspan)
 
     def tensor_type(self, meta, c):
-        dims = [int(str(d).replace("_", "")) if d.type == "INT" else str(d) for d in c[1:]]
-        return (str(c[0]), dims, self.sp(meta))
+        return (str(c[0]), list(c[1:]), self.sp(meta))
 
     def output_stmt(self, meta, c):
         return ast.Output(self.sp(meta), [(str(t), _tok_span(self.src, t)) for t in c])

@@ -216,6 +216,7 @@ class Dropout(Op):
 @register
 class DropoutMask(Op):
     name = "dropout_mask"
+    differentiable = False
 
     def infer(self, ins, attrs):
         return [ins[0]]
@@ -318,6 +319,7 @@ class Sum(Op):
 @register
 class OnesLike(Op):
     name = "ones_like"
+    differentiable = False
 
     def infer(self, ins, attrs):
         return [ins[0]]
@@ -329,6 +331,7 @@ class OnesLike(Op):
 @register
 class ZerosLike(Op):
     name = "zeros_like"
+    differentiable = False
 
     def infer(self, ins, attrs):
         return [ins[0]]

@@ -55,6 +55,7 @@ class Op:
     layer: str | None = None            # the language's name for it, if users may call it
     args: tuple[Arg, ...] = ()          # language signature (bound into attrs)
     n_inputs: int | None = 1            # data inputs from the chain; None: variadic (add, concat)
+    differentiable: bool = True         # False: outputs are constants to autodiff (masks, ones)
     doc: str = ""
 
     def attrs(self, bound: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
