@@ -43,7 +43,7 @@ def lower_optimizer(g: Graph, call: Call, params: list[Value], grads: dict[int, 
     a = call.args
     b = Builder(g, scope="optimizer")
     step_in = None
-    if call.name in ("adam", "adamw"):
+    if call.name in ("adam", "adamw") or a.get("momentum"):
         step = g.add_state(StateSpec("optimizer.step", TensorType(()), "zeros", False, "slot"))
         step_in = b.emit1("increment", [step])
         g.updates["optimizer.step"] = step_in
@@ -54,7 +54,7 @@ def lower_optimizer(g: Graph, call: Call, params: list[Value], grads: dict[int, 
             attrs = {k: a[k] for k in ("momentum", "dampening", "nesterov", "weight_decay")}
             if a["momentum"]:
                 buf = g.add_state(StateSpec(f"{name}.momentum", p.type, "zeros", False, "slot"))
-                new_p, new_buf = b.emit("sgd_update", [p, gp, buf, lr], attrs)
+                new_p, new_buf = b.emit("sgd_update", [p, gp, buf, step_in, lr], attrs)
                 g.updates[buf.state.name] = new_buf
             else:
                 (new_p,) = b.emit("sgd_update", [p, gp, lr], attrs)

@@ -25,8 +25,9 @@ class _Update(Op):
 
 @register
 class SgdUpdate(_Update):
-    """g' = g + wd*w;  buf = momentum*buf + (1-dampening)*g';  d = g' + momentum*buf (nesterov)
-    or buf;  w = w - lr*d.  Without momentum: w = w - lr*g'."""
+    """g' = g + wd*w;  buf = g' on the first step, then momentum*buf + (1-dampening)*g';
+    d = g' + momentum*buf (nesterov) or buf;  w = w - lr*d.  Without momentum: w = w - lr*g'.
+    Inputs: (w, g, lr), or (w, g, buf, step, lr) with momentum."""
 
     name = "sgd_update"
 
@@ -37,14 +38,14 @@ class SgdUpdate(_Update):
     def forward(self, ins, attrs, ctx):
         mom, wd = attrs["momentum"], attrs["weight_decay"]
         if mom:
-            w, g, buf, lr = ins
+            w, g, buf, step, lr = ins
         else:
             w, g, lr = ins
         if wd:
             g = g + wd * w
         if not mom:
             return (w - lr * g,)
-        buf = mom * buf + (1.0 - attrs["dampening"]) * g
+        buf = torch.where(step == 1, g, mom * buf + (1.0 - attrs["dampening"]) * g)
         d = g + mom * buf if attrs["nesterov"] else buf
         return (w - lr * d, buf)
 
