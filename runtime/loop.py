@@ -48,6 +48,17 @@ def _check_data(model: Model, data, cfg) -> None:
             raise UserError(f"the model's output {out} cannot score {data.classes} classes of "
                             f"{data.name}", cfg.loss.span or cfg.data.span,
                             hint=f"end the model with linear({data.classes})")
+    elif data.classes is not None:
+        raise UserError(f"{cfg.loss.name} needs numeric targets, but {data.name} has class labels",
+                        cfg.loss.span or cfg.data.span,
+                        hint="use cross_entropy, or classes=false for csv/npz targets")
+    else:
+        want = tuple(out.shape[1:])
+        have = tuple(data.train.y.shape[1:])
+        if want != have:
+            raise UserError(f"the model's output {out} does not match the targets of "
+                            f"{data.name} ({list(have)} per example)",
+                            cfg.loss.span or cfg.data.span)
     model.shape_batch(data.train.x[:1], f"{data.name} examples")
 
 

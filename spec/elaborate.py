@@ -287,6 +287,9 @@ class Elaborator:
         head = self.eval(node.steps[0], env)
         rest = []
         for s in node.steps[1:]:
+            if _mentions_in(s) and not isinstance(s, ast.Call):
+                rest.append(self.lazy_step(s, env))    # `in` is this step's own input
+                continue
             v = self.eval(s, env)
             if not isinstance(v, Step):
                 raise UserError(f"'->' must be followed by a layer, got {describe(v)}", s.span)
@@ -305,6 +308,15 @@ class Elaborator:
             return Step(" -> ".join(s.name for s in steps), node.span, apply)
         raise UserError(f"a chain must start with a layer or a tensor, got {describe(head)}",
                         node.steps[0].span)
+
+    def lazy_step(self, node: ast.Node, env: Env) -> Step:
+        """A step whose expression is evaluated when its input is known (it mentions `in`)."""
+        def apply(x: Tensor) -> Tensor:
+            v = self.eval(node, env.child(x))
+            if not isinstance(v, Step):
+                raise UserError(f"'->' must be followed by a layer, got {describe(v)}", node.span)
+            return v.apply(x)
+        return Step("(...)", node.span, apply)
 
     def eval_Residual(self, node, env):
         return Step("residual", node.span, lambda x: self.build_residual(node, env, x))
@@ -354,12 +366,7 @@ class Elaborator:
         inputs = [v for v, _, k in args if isinstance(v, Tensor) and k is None]
         positional = [(v, s) for v, s, k in args if k is None and not isinstance(v, Tensor)]
         keyword = {k: (v, s) for v, s, k in args if k is not None}
-        inst_name = None
-        if "name" in keyword:
-            inst_name = keyword.pop("name")[0]
-            if not isinstance(inst_name, str) or not inst_name.isidentifier():
-                raise UserError("name= must be a string that is a valid identifier",
-                                node.span)
+        inst_name = _explicit_name(keyword)
         if not inputs:
             if x is None:
                 raise UserError(f"{node.name} has no input", node.span)
@@ -381,8 +388,10 @@ class Elaborator:
             msg = str(e) if str(e).startswith(node.name) else f"{node.name}: {e}"
             raise UserError(msg, node.span, notes=notes) from None
         b = Builder(self.graph, loc=node.span)
-        name = self.instance_name(inst_name or op.layer, explicit=inst_name is not None,
-                                  span=node.span) if local_state else ""
+        name = ""
+        if local_state or inst_name is not None:
+            name = self.instance_name(inst_name or op.layer, explicit=inst_name is not None,
+                                      span=node.span)
         state_vals = []
         for st in local_state:
             full = f"{name}.{st.name}"
@@ -418,7 +427,7 @@ class Elaborator:
             raise UserError(f"{node.name} has no input", node.span)
         positional = [(v, s) for v, s, k in args if k is None and not isinstance(v, Tensor)]
         keyword = {k: (v, s) for v, s, k in args if k is not None}
-        inst = keyword.pop("name", (None, None))[0]
+        inst = _explicit_name(keyword)
         benv = Env({}, None, x)
         if len(positional) > len(block.params):
             raise UserError(f"{node.name} takes {len(block.params)} argument(s), got "
@@ -551,6 +560,17 @@ class Elaborator:
         b = Builder(self.graph, loc=node.span, scope=".".join(self.scope))
         return Tensor(b.emit1("concat", [t.value for t in outs], {"axis": 1}), node.span,
                       "the output of a concat")
+
+
+def _explicit_name(keyword: dict) -> str | None:
+    """Pop and check a `name="..."` argument."""
+    if "name" not in keyword:
+        return None
+    value, span = keyword.pop("name")
+    if not isinstance(value, str) or not value.isidentifier():
+        raise UserError(f"name= must be a string that is a valid identifier, got {describe(value)}",
+                        span)
+    return value
 
 
 def _mentions_in(node: ast.Node) -> bool:

@@ -12,6 +12,8 @@ from . import ast
 from .diagnostics import SourceFile, Span, UserError
 
 MAX_NESTING = 64
+KEYWORDS = {"import", "block", "model", "train", "input", "output", "residual", "shortcut",
+            "concat", "branch", "if", "else", "and", "or", "not", "in", "true", "false"}
 
 # What users should read instead of Lark's terminal names.
 _PRETTY = {
@@ -111,6 +113,10 @@ def parse(text: str, path: str = "<input>") -> ast.Module:
     _check_depth(src, tree)
     try:
         return _ToAst(src).transform(tree)
+    except lark.exceptions.VisitError as e:
+        if isinstance(e.orig_exc, UserError):
+            raise e.orig_exc from None
+        raise
     except RecursionError:
         raise UserError("nesting is too deep to parse", Span(src, 1, 1)) from None
 
@@ -230,6 +236,10 @@ def _syntax_error(src: SourceFile, e: lark.UnexpectedInput) -> UserError:
         return UserError(label or "unexpected end of file", span,
                          hint=_expected_hint(getattr(e, "expected", None)))
     tok = e.token
+    if src.line(tok.line).lstrip().startswith("->"):
+        col = len(src.line(tok.line)) - len(src.line(tok.line).lstrip()) + 1
+        return UserError("a line cannot start with '->'", Span(src, tok.line, col, tok.line, col + 2),
+                         hint="end the previous line with '->' to continue a chain")
     shown = "a new line" if tok.type == "_NL" else repr(str(tok))
     span = _tok_span(src, tok)
     if tok.type == "_NL":                        # point at the end of the line, not the next one
@@ -284,6 +294,9 @@ class _ToAst(Transformer):
         return list(c)
 
     def param(self, meta, c):
+        if str(c[0]) in KEYWORDS:
+            raise UserError(f"'{c[0]}' is a keyword and cannot name a parameter",
+                            _tok_span(self.src, c[0]))
         return ast.Param(self.sp(meta), str(c[0]), c[1] if len(c) > 1 else None)
 
     def _def(self, kind, meta, c):

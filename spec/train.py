@@ -27,7 +27,7 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "schedule": ("call", SCHEDULES, "schedule cosine(warmup=2)"),
     "batch": ("batch", None, "batch 64   (or `full` for batch gradient descent)"),
     "epochs": ("posint", None, "epochs 30"),
-    "seed": ("int", None, "seed 0"),
+    "seed": ("seed", None, "seed 0"),
     "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
 }
 
@@ -69,7 +69,8 @@ class _ConfigEval(Elaborator):
         return self.eval_Call(ast.Call(node.span, "", node.span, node.args), env)
 
     def eval_In(self, node, env):
-        raise UserError("`in` has no meaning in the train section", node.span)
+        raise UserError("`in` has no meaning here: it is the tensor flowing into a layer",
+                        node.span)
 
 
 def _as_call(value: Any, key: str, span: Span, table: dict) -> Call:
@@ -120,8 +121,10 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             cfg.batch = _int(value, "batch", value_span, 1)
     elif kind == "posint":
         setattr(cfg, key, _int(value, key, value_span, 1))
-    elif kind == "int":
-        setattr(cfg, key, _int(value, key, value_span))
+    elif kind == "seed":
+        if _int(value, key, value_span, 0) >= 2**63:
+            raise UserError("seed must be below 2**63", value_span)
+        cfg.seed = value
     elif kind == "early":
         if value is None:
             value = _ConfigValue("early_stopping", key_span, [], {})
