@@ -273,8 +273,8 @@ class Elaborator:
             raise UserError("division by zero", node.span) from None
 
     def repeat(self, step: Step, n, node) -> Step:
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise UserError(f"a layer can be repeated a positive whole number of times, "
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise UserError(f"a layer can be repeated a whole number of times (0 or more), "
                             f"got {describe(n)}", node.right.span)
 
         def apply(x: Tensor) -> Tensor:
@@ -470,11 +470,13 @@ class Elaborator:
             raise UserError(f"{node.name} takes one count: {node.name}(4) {{ ... }}", node.span)
         arg = node.args[0]
 
+        least = 0 if node.name == "repeat" else 1      # repeat(0) is the identity
+
         def count(x: Tensor) -> int:
             n = self.eval(arg.value, env.child(x))
-            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-                raise UserError(f"{node.name} needs a positive whole count, got {describe(n)}",
-                                arg.span)
+            if isinstance(n, bool) or not isinstance(n, int) or n < least:
+                raise UserError(f"{node.name} needs a whole count of at least {least}, got "
+                                f"{describe(n)}", arg.span)
             return n
 
         if node.name == "repeat":

@@ -39,6 +39,13 @@ def test_repetition_and_repeat_name_each_instance(tmp_path):
                      "linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]
 
 
+def test_zero_repetitions_are_the_identity(tmp_path):
+    s = compile_text(tmp_path, "block S(c, n) { linear(c) -> linear(c) * (n - 1) }\n"
+                               "model M {\n input x: f32[4]\n S(3, 1)\n repeat(0) { relu }\n"
+                               " linear(2)\n}\n")
+    assert ops(s) == ["linear", "linear"]
+
+
 def test_expressions_parameters_and_in(tmp_path):
     s = compile_text(tmp_path, """
 block Widen(factor=2, extra=0) {
@@ -154,7 +161,8 @@ train {
 
 @pytest.mark.parametrize("text, message", [
     ("model M {\n input x: f32[4]\n linear(3) -> 5\n}\n", "'->' must be followed by a layer"),
-    ("model M {\n input x: f32[4]\n linear(3) * 0\n}\n", "positive whole number"),
+    ("model M {\n input x: f32[4]\n linear(3) * -1\n}\n", "0 or more"),
+    ("model M {\n input x: f32[4, 2, 2]\n dense(0) { relu }\n}\n", "at least 1"),
     ("model M {\n input x: f32[4]\n add(x)\n}\n", "combines several tensors"),
     ("model M {\n input x: f32[4]\n linear(in.h)\n}\n", "has no field 'h'"),
     ("model M {\n input x: f32[4]\n relu(3)\n}\n", "relu takes 0 positional arguments"),
