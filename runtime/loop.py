@@ -62,6 +62,19 @@ def _check_data(model: Model, data, cfg) -> None:
     model.shape_batch(data.train.x[:1], f"{data.name} examples")
 
 
+def _check_batch_norm(spec, bounds: list[int]) -> None:
+    smallest = min(b - a for a, b in zip(bounds, bounds[1:]))
+    for node in spec.graph.nodes:
+        if node.op == "batch_norm":
+            t = node.inputs[0].type
+            per_channel = smallest * (t.per_sample() or 1) // t.shape[1]
+            if per_channel < 2:
+                raise UserError("batch norm in training needs more than one value per channel, "
+                                f"but a batch of {smallest} gives {node.scope} one",
+                                spec.config.spans.get("batch", node.loc),
+                                hint="use a batch of at least 2")
+
+
 def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
                  init_from=None, progress=True) -> dict:
     cfg = spec.config
@@ -85,7 +98,13 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
 
     n = len(data.train)
     batch = n if cfg.batch == "full" else min(cfg.batch, n)
-    steps = math.ceil(n / batch)
+    # batch boundaries; a last batch of one example joins the one before it (batch norm
+    # cannot normalise a single example in training)
+    bounds = list(range(0, n, batch)) + [n]
+    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        del bounds[-2]
+    steps = len(bounds) - 1
+    _check_batch_norm(spec, bounds)
     rng = np.random.default_rng(seed)
     base_lr = cfg.optimizer.args["lr"]
     xin = spec.graph.inputs[0].input_name
@@ -103,7 +122,7 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
             perm = torch.as_tensor(rng.permutation(n), device=model.device)
             total, correct, lr = 0.0, 0, base_lr
             for step in range(steps):
-                idx = perm[step * batch:(step + 1) * batch]
+                idx = perm[bounds[step]:bounds[step + 1]]
                 lr = learning_rate(cfg.schedule, base_lr, epoch - 1 + step / steps, cfg.epochs)
                 inputs = {xin: x_all[idx], "y": y_all[idx],
                           "lr": torch.tensor(lr, dtype=torch.float32, device=model.device)}

@@ -213,3 +213,20 @@ def test_stochastic_gradient_descent_batch_one(tmp_path):
                                        "model.hidden=16"])
     final = dlc.train(spec, tmp_path, progress=False)
     assert final["test_acc"] > 0.5
+
+
+BN_MLP = "model M {\n input x: f32[64]\n linear(16) -> bn -> relu -> linear(10)\n}\n"
+
+
+def test_a_last_batch_of_one_joins_the_previous_batch(tmp_path):
+    (tmp_path / "m.dls").write_text(BN_MLP + "train {\n batch 1257\n epochs 1\n}\n")
+    spec = dlc.compile_spec(tmp_path / "m.dls")        # digits: 1,258 training examples
+    final = dlc.train(spec, tmp_path / "run", progress=False)
+    assert final["epochs_run"] == 1
+
+
+def test_batch_of_one_with_batch_norm_is_a_located_error(tmp_path, capsys):
+    (tmp_path / "m.dls").write_text(BN_MLP + "train {\n batch 1\n}\n")
+    code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"{tmp_path / 'm.dls'}:6:2: error: batch norm in training" in err
