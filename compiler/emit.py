@@ -25,7 +25,7 @@ def node_params(g: Graph, node) -> int:
                if v.state is not None and v.state.kind == "param")
 
 
-def summary(spec) -> str:
+def summary(spec, batch: int = 32) -> str:
     """Per-layer output shape, parameters, FLOPs and activation memory; then totals."""
     g: Graph = spec.graph
     rows = [["layer", "op", "output", "params", "FLOPs/example", "act bytes/example"]]
@@ -51,7 +51,7 @@ def summary(spec) -> str:
               + (f" (+ {_n(n_buffers)} buffer values)" if n_buffers else ""),
               f"FLOPs/example:     {_n(total_flops)} (forward; a multiply-add counts 2)",
               f"activations:       {_n(total_act)} bytes/example "
-              f"({total_act * 32 / 2**20:.2f} MiB for a batch of 32)"]
+              f"({total_act * batch / 2**20:.2f} MiB for a batch of {batch})"]
     return "\n".join(lines) + "\n"
 
 
@@ -66,10 +66,10 @@ def params(spec) -> str:
     return "\n".join(_table(rows, {2}) + ["", f"total parameters: {_n(total)}"]) + "\n"
 
 
-def emit(spec, what: str) -> str | bytes:
+def emit(spec, what: str, batch: int = 32) -> str | bytes:
     """One view of `spec`; every view is text except "onnx", which is the model's bytes."""
     if what == "summary":
-        return summary(spec)
+        return summary(spec, batch)
     if what == "params":
         return params(spec)
     if what == "ir":

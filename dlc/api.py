@@ -27,9 +27,9 @@ class CompiledSpec:
     spec_hash: str                    # sha256 over the spec and every file it imports
     sets: list[str] = field(default_factory=list)
 
-    def emit(self, what: str) -> str:
+    def emit(self, what: str, batch: int = 32) -> str | bytes:
         from .compiler import emit
-        return emit.emit(self, what)
+        return emit.emit(self, what, batch)
 
     def summary(self) -> str:
         return self.emit("summary")

@@ -40,6 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     spec_cmd("check", "parse and check a spec; print diagnostics only")
     c = spec_cmd("compile", "compile a spec and print what it became")
     c.add_argument("--emit", choices=EMITS, default="summary")
+    c.add_argument("--batch", type=int, default=32, metavar="N",
+                   help="batch size for the summary's activation memory (default 32)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout (required for "
                    "onnx; for dot, a .svg/.png/.pdf path is rendered with Graphviz)")
     c.add_argument("--checkpoint", metavar="CKPT",
@@ -102,7 +104,9 @@ def cmd_compile(args) -> int:
     spec = _compile(args)
     if args.emit == "onnx":
         return _emit_onnx(spec, args.checkpoint, out)
-    text = spec.emit(args.emit)
+    if args.batch < 1:
+        raise UserError(f"--batch must be at least 1, got {args.batch}")
+    text = spec.emit(args.emit, args.batch)
     if render:
         _write_bytes(out, _render_dot(text, out.suffix.lower()[1:]))
         print(f"wrote {out}")

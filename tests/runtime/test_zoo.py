@@ -163,3 +163,17 @@ def test_digits_cnn_trains_to_98_5_percent(tmp_path):
     assert final["stopped"] == "completed"
     assert final["test_acc"] >= 0.985, final
     assert (tmp_path / "run" / "checkpoint.safetensors").exists()
+
+
+def test_summary_activation_memory_scales_with_batch(capsys):
+    from dlc.cli import main
+    spec = str(EXAMPLES / "resnet18.dls")
+    assert main(["compile", spec, "--batch", "8"]) == 0
+    line8 = [l for l in capsys.readouterr().out.splitlines() if l.startswith("activations:")][0]
+    assert main(["compile", spec, "--batch", "64"]) == 0
+    line64 = [l for l in capsys.readouterr().out.splitlines() if l.startswith("activations:")][0]
+    per = int(line8.split()[1].replace(",", ""))
+    mib = lambda line: float(line.split("(")[1].split()[0])
+    assert line8.endswith("for a batch of 8)") and line64.endswith("for a batch of 64)")
+    assert mib(line8) == pytest.approx(per * 8 / 2**20, abs=0.01)
+    assert mib(line64) == pytest.approx(per * 64 / 2**20, abs=0.01)
