@@ -36,14 +36,15 @@ def _panel(records, keys, x0, y0, w, h, title, fixed=None) -> list[str]:
         path = " ".join(f"{x:.1f},{y:.1f}" for x, y in (px(e, v) for e, v in pts))
         out.append(f'<polyline fill="none" stroke="{_COLORS.get(k, "#000")}" stroke-width="2" '
                    f'points="{path}"/>')
-        out.append(f'<text x="{x0 + w - 4}" y="{y0 + 16 + 14 * i}" text-anchor="end" font-size="12" '
-                   f'fill="{_COLORS.get(k, "#000")}">{k}</text>')
+        out.append(f'<text x="{x0 + w / 2 + (i - 0.5) * 110:.0f}" y="{y0 + h + 34}" '
+                   f'text-anchor="middle" font-size="12" '
+                   f'fill="{_COLORS.get(k, "#000")}">&#9472; {k}</text>')
     return out
 
 
 def write_curves(records: list[dict], path: Path) -> None:
     """Loss (left) and accuracy (right) per epoch."""
-    w, h = 900, 360
+    w, h = 900, 380
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
              f'font-family="sans-serif">', f'<rect width="{w}" height="{h}" fill="white"/>']
     parts += _panel(records, ["train_loss", "val_loss"], 70, 40, 340, 270, "loss")
