@@ -59,7 +59,15 @@ def _check_data(model: Model, data, cfg) -> None:
             raise UserError(f"the model's output {out} does not match the targets of "
                             f"{data.name} ({list(have)} per example)",
                             cfg.loss.span or cfg.data.span)
-    model.shape_batch(data.train.x[:1], f"{data.name} examples")
+    try:
+        model.shape_batch(data.train.x[:1], f"{data.name} examples")
+    except UserError as e:
+        default = "data" not in cfg.spans
+        raise UserError(e.message, cfg.spans.get("data"),
+                        hint=("the train section names no data, so digits is used; add a "
+                              "`data` setting that fits the model's input") if default else
+                        "the data and the model's input must hold the same values per example"
+                        ) from None
 
 
 def _check_batch_norm(spec, bounds: list[int]) -> None:

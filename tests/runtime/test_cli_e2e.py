@@ -230,3 +230,29 @@ def test_batch_of_one_with_batch_norm_is_a_located_error(tmp_path, capsys):
     code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and f"{tmp_path / 'm.dls'}:6:2: error: batch norm in training" in err
+
+
+def test_npz_data_source_with_regression_targets(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(400, 3)).astype(np.float32)
+    y = (x @ np.array([[1.0], [-2.0], [0.5]], np.float32)) + 0.3
+    np.savez(tmp_path / "d.npz", inputs=x, targets=y)
+    (tmp_path / "m.dls").write_text(
+        "model Reg {\n    input x: f32[3]\n    linear(1)\n}\n"
+        'train {\n    data npz(path="d.npz", x="inputs", y="targets", classes=false)\n'
+        "    loss mse\n    optimizer sgd(lr=0.1)\n    epochs 20\n}\n")
+    code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["test_acc"] is None and final["test_loss"] < 1e-3
+    w = load_file(str(tmp_path / "run" / "checkpoint.safetensors"))
+    np.testing.assert_allclose(w["linear1.weight"].numpy(), [[1.0, -2.0, 0.5]], atol=1e-2)
+    np.testing.assert_allclose(w["linear1.bias"].numpy(), [0.3], atol=1e-2)
+
+
+def test_data_that_does_not_fit_the_input_names_the_default(tmp_path, capsys):
+    (tmp_path / "m.dls").write_text("model M {\n input x: f32[3, 32, 32]\n conv(4, 3) -> "
+                                    "global_avgpool -> flatten -> linear(10)\n}\n")
+    code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "3072 values per example" in err and "no data, so digits" in err
