@@ -21,7 +21,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..spec.diagnostics import UserError
-from .ir import Graph, Node, TensorType, Value
+from .ir import Graph, Node, TensorType
 from .lower import live_nodes, lower
 
 OPSET = 17

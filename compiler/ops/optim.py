@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ._lazy import torch
 
-from ..ir import TensorType
 from .registry import Op, ShapeError, register
 
 

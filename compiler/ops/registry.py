@@ -14,7 +14,7 @@ An `Op` subclass gives, beside each other:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..ir import Graph, Node, StateSpec, TensorType, Value
 
