@@ -75,7 +75,7 @@ def emit(spec, what: str, batch: int = 32) -> str | bytes:
     if what == "ir":
         return print_graph(spec.graph)
     if what == "ir-train":
-        from .train_graph import build_train_graph
+        from .pipeline import build_train_graph
         return print_graph(build_train_graph(spec.graph, spec.config))
     if what == "dot":
         from .dot import to_dot

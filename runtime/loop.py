@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..compiler.train_graph import build_train_graph
+from ..compiler.pipeline import build_train_graph
 from ..spec.diagnostics import UserError
 from .data import load
 from .model import Model

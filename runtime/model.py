@@ -6,8 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..compiler.eval_graph import build_eval_graph
-from ..compiler.lower import lower
+from ..compiler.pipeline import build_eval_graph, build_infer_graph
 from ..spec.diagnostics import UserError
 from . import checkpoint as ckpt
 from .state import init_state
@@ -35,7 +34,7 @@ class Model:
         self.backend, self.device = resolve_device(backend, device)
         self.seed = spec.config.seed if seed is None else seed
         g = spec.graph
-        self.infer_graph = lower(g, "eval", name=f"{g.name}.infer")
+        self.infer_graph = build_infer_graph(g, spec.config)
         self.eval_graph = build_eval_graph(g, spec.config)
         self.state = init_state(g, self.seed, self.device)
         if checkpoint is not None:

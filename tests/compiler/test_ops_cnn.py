@@ -473,7 +473,7 @@ def test_spec_with_cnn_layers_compiles_and_trains_one_step(tmp_path):
     assert spec.num_params() == 216 + 16 + 208 + 32 + 51
     assert "conv2d" in spec.summary() and "batch_norm" in spec.summary()
 
-    from dlc.compiler.train_graph import build_train_graph
+    from dlc.compiler.pipeline import build_train_graph
     from dlc.runtime.state import init_state
     train = build_train_graph(g, spec.config)
     state = init_state(train, seed=0)

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import dlc
-from dlc.compiler.eval_graph import build_eval_graph
-from dlc.compiler.train_graph import build_train_graph
+from dlc.compiler.pipeline import build_eval_graph
+from dlc.compiler.pipeline import build_train_graph
 from dlc.runtime.reference import ReferenceProgram
 from dlc.runtime.state import init_state
 

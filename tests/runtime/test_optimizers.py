@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import dlc
-from dlc.compiler.train_graph import build_train_graph
+from dlc.compiler.pipeline import build_train_graph
 from dlc.runtime.reference import ReferenceProgram
 from dlc.runtime.state import init_state
 

@@ -1,0 +1,128 @@
+"""The compiler's pipelines: every graph dlc runs is made by a straight list of named passes.
+
+    TRAIN  lower-train -> add-loss -> autodiff -> optimizer -> dce -> verify
+    EVAL   lower-eval  -> add-loss -> dce -> verify
+    INFER  lower-eval  -> dce -> verify
+
+`DLC_DEBUG=1` prints each pass's name, node count and time on stderr; `DLC_DEBUG=2`
+prints the IR after each pass as well.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .autodiff import backward
+from .config import TrainConfig
+from .ir import Graph, TensorType, Value, print_graph
+from .lower import live_nodes, lower
+from .ops import Builder
+from .optimizers import lower_optimizer
+from .verify import verify
+
+
+@dataclass
+class PassContext:
+    """What passes hand on to later passes."""
+
+    config: TrainConfig
+    name: str                                  # the name the result graph gets
+    loss: Value | None = None
+    params: list[Value] = field(default_factory=list)
+    grads: dict[int, Value] = field(default_factory=dict)
+
+
+Pass = Callable[[Graph, PassContext], Graph]
+
+
+def label_type(model: Graph, loss: str) -> TensorType:
+    """The type of `%y`: class indices for cross-entropy, else the first output's type."""
+    out = model.outputs[0].type
+    if loss == "cross_entropy":
+        return TensorType((out.shape[0],), "i64")
+    return out
+
+
+def lower_train(g: Graph, ctx: PassContext) -> Graph:
+    return lower(g, "train", name=ctx.name)
+
+
+def lower_eval(g: Graph, ctx: PassContext) -> Graph:
+    return lower(g, "eval", name=ctx.name)
+
+
+def add_loss(g: Graph, ctx: PassContext) -> Graph:
+    """Input %y and the loss node; outputs become (loss, model outputs...)."""
+    cfg = ctx.config
+    y = g.add_input("y", label_type(g, cfg.loss.name))
+    b = Builder(g, loc=cfg.loss.span, scope="loss")
+    ctx.loss = b.emit1(cfg.loss.name, [g.outputs[0], y], dict(cfg.loss.args))
+    g.outputs = [ctx.loss, *g.outputs]
+    g.output_names = ["loss", *g.output_names]
+    return g
+
+
+def autodiff(g: Graph, ctx: PassContext) -> Graph:
+    """d loss / d parameter for every trainable parameter, as backward nodes."""
+    ctx.params = [v for v in g.state.values() if v.state.trainable]
+    ctx.grads = backward(g, ctx.loss, ctx.params)
+    g.grads = {p.state.name: ctx.grads[id(p)] for p in ctx.params}
+    return g
+
+
+def optimizer(g: Graph, ctx: PassContext) -> Graph:
+    """Input %lr, one update node per parameter, and the `@name <- %value` assignments."""
+    lr = g.add_input("lr", TensorType(()))
+    lower_optimizer(g, ctx.config.optimizer, ctx.params, ctx.grads, lr)
+    return g
+
+
+def dce(g: Graph, ctx: PassContext) -> Graph:
+    """Drop nodes that feed neither an output nor a state update."""
+    g.nodes = live_nodes(g)
+    return g
+
+
+def verify_pass(g: Graph, ctx: PassContext) -> Graph:
+    return verify(g)
+
+
+TRAIN: list[tuple[str, Pass]] = [("lower-train", lower_train), ("add-loss", add_loss),
+                                 ("autodiff", autodiff), ("optimizer", optimizer),
+                                 ("dce", dce), ("verify", verify_pass)]
+EVAL: list[tuple[str, Pass]] = [("lower-eval", lower_eval), ("add-loss", add_loss),
+                                ("dce", dce), ("verify", verify_pass)]
+INFER: list[tuple[str, Pass]] = [("lower-eval", lower_eval), ("dce", dce),
+                                 ("verify", verify_pass)]
+
+
+def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph:
+    debug = int(os.environ.get("DLC_DEBUG", "0") or 0)
+    g = model
+    for name, fn in passes:
+        t0 = time.perf_counter()
+        g = fn(g, ctx)
+        if debug >= 1:
+            sys.stderr.write(f"[dlc] {ctx.name}: {name:<12} {len(g.nodes):>5} nodes  "
+                             f"{(time.perf_counter() - t0) * 1e3:7.2f} ms\n")
+        if debug >= 2:
+            sys.stderr.write(print_graph(g))
+    return g
+
+
+def build_train_graph(model: Graph, cfg: TrainConfig) -> Graph:
+    """inputs (%x..., %y, %lr) -> outputs (loss, model outputs...), with state updates."""
+    return run(TRAIN, model, PassContext(cfg, f"{model.name}.train"))
+
+
+def build_eval_graph(model: Graph, cfg: TrainConfig) -> Graph:
+    """inputs (%x..., %y) -> outputs (loss, model outputs...)."""
+    return run(EVAL, model, PassContext(cfg, f"{model.name}.eval"))
+
+
+def build_infer_graph(model: Graph, cfg: TrainConfig) -> Graph:
+    """inputs (%x...) -> the model's outputs, in inference mode."""
+    return run(INFER, model, PassContext(cfg, f"{model.name}.infer"))
