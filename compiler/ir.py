@@ -145,7 +145,7 @@ def print_graph(g: Graph, *, locs: bool = True) -> str:
     def name(v: Value) -> str:
         if v.state is not None:
             return "@" + v.state.name
-        return names[id(v)]
+        return names.get(id(v), "%<undefined>")        # only in a malformed graph
 
     for v in g.inputs:
         names[id(v)] = "%" + v.input_name
