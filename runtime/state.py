@@ -14,7 +14,7 @@ _RULE = re.compile(r"^(\w+)(?:\(([^)]*)\))?$")
 def init_tensor(spec: StateSpec, generator: torch.Generator) -> torch.Tensor:
     """One tensor for `spec`, drawn from its init rule.
 
-    Rules: zeros, ones, uniform(a) = U(-a, a), normal(std) = N(0, std^2),
+    Rules: zeros, ones, constant(v), uniform(a) = U(-a, a), normal(std) = N(0, std^2),
     kaiming_normal(fan) = N(0, 2/fan) (He, fan_out for ReLU conv nets).
     """
     shape = tuple(spec.type.shape)
@@ -27,6 +27,8 @@ def init_tensor(spec: StateSpec, generator: torch.Generator) -> torch.Tensor:
         return torch.zeros(shape, dtype=dtype)
     if kind == "ones":
         return torch.ones(shape, dtype=dtype)
+    if kind == "constant":
+        return torch.full(shape, float(arg), dtype=dtype)
     t = torch.empty(shape, dtype=torch.float32)
     if kind == "uniform":
         a = float(arg)

@@ -81,3 +81,76 @@ class Increment(Op):
 
     def forward(self, ins, attrs, ctx):
         return (ins[0] + 1,)
+
+
+@register
+class RmspropUpdate(Op):
+    """g' = g + wd*w;  s = alpha*s + (1-alpha)*g'^2;  centered: a = alpha*a + (1-alpha)*g',
+    d = sqrt(s - a^2) + eps, else d = sqrt(s) + eps;  momentum: buf = momentum*buf + g'/d,
+    w = w - lr*buf, else w = w - lr*g'/d.  Inputs (w, g, s, [a], [buf], lr)."""
+
+    name = "rmsprop_update"
+
+    def infer(self, ins, attrs):
+        n = 2 + bool(attrs["centered"]) + bool(attrs["momentum"])
+        if ins[0].shape != ins[1].shape:
+            raise ShapeError(f"{self.name}: gradient {ins[1]} does not match parameter {ins[0]}")
+        return [ins[0]] * n
+
+    def forward(self, ins, attrs, ctx):
+        w, g, sq, *rest = ins
+        lr = rest.pop()
+        alpha, eps, mom, wd = attrs["alpha"], attrs["eps"], attrs["momentum"], attrs["weight_decay"]
+        if wd:
+            g = g + wd * w
+        sq = alpha * sq + (1.0 - alpha) * g * g
+        outs = []
+        if attrs["centered"]:
+            gavg = alpha * rest.pop(0) + (1.0 - alpha) * g
+            denom = (sq - gavg * gavg).sqrt() + eps
+            outs.append(gavg)
+        else:
+            denom = sq.sqrt() + eps
+        if mom:
+            buf = mom * rest.pop(0) + g / denom
+            outs.append(buf)
+            w = w - lr * buf
+        else:
+            w = w - lr * g / denom
+        return (w, sq, *outs)
+
+
+@register
+class AdagradUpdate(_Update):
+    """g' = g + wd*w;  sum = sum + g'^2;  w = w - lr/(1 + (t-1)*lr_decay) * g'/(sqrt(sum) + eps).
+    Inputs (w, g, sum, step, lr)."""
+
+    name = "adagrad_update"
+    n_slots = 1
+
+    def forward(self, ins, attrs, ctx):
+        w, g, acc, step, lr = ins
+        if attrs["weight_decay"]:
+            g = g + attrs["weight_decay"] * w
+        clr = lr / (1.0 + (step - 1.0) * attrs["lr_decay"])
+        acc = acc + g * g
+        return (w - clr * g / (acc.sqrt() + attrs["eps"]), acc)
+
+
+@register
+class AdadeltaUpdate(_Update):
+    """g' = g + wd*w;  s = rho*s + (1-rho)*g'^2;  d = sqrt(u + eps)/sqrt(s + eps) * g';
+    u = rho*u + (1-rho)*d^2;  w = w - lr*d.  Inputs (w, g, s, u, lr)."""
+
+    name = "adadelta_update"
+    n_slots = 2
+
+    def forward(self, ins, attrs, ctx):
+        w, g, sq, acc, lr = ins
+        rho, eps = attrs["rho"], attrs["eps"]
+        if attrs["weight_decay"]:
+            g = g + attrs["weight_decay"] * w
+        sq = rho * sq + (1.0 - rho) * g * g
+        delta = (acc + eps).sqrt() / (sq + eps).sqrt() * g
+        acc = rho * acc + (1.0 - rho) * delta * delta
+        return (w - lr * delta, sq, acc)
