@@ -37,6 +37,7 @@ class TrainConfig:
     epochs: int = 10                   # passes over the training split
     seed: int = 0                      # shuffling, splits, initialisation, dropout masks
     early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
+    penalty: Call | None = None        # l1/l2 parameter-norm penalty added to the training loss
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
 
     def to_dict(self) -> dict:
@@ -45,4 +46,5 @@ class TrainConfig:
             "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
             "batch": self.batch, "epochs": self.epochs, "seed": self.seed,
             "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
+            "penalty": self.penalty.to_dict() if self.penalty else None,
         }

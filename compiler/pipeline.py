@@ -30,6 +30,7 @@ class PassContext:
 
     config: TrainConfig
     name: str                                  # the name the result graph gets
+    training: bool = False                     # penalties apply to the training loss only
     loss: Value | None = None
     params: list[Value] = field(default_factory=list)
     grads: dict[int, Value] = field(default_factory=dict)
@@ -54,12 +55,27 @@ def lower_eval(g: Graph, ctx: PassContext) -> Graph:
     return lower(g, "eval", name=ctx.name)
 
 
+def penalized(g: Graph) -> list[Value]:
+    """The parameters a norm penalty applies to: the weights (rank >= 2) of linear and conv
+    layers; biases and normalisation scales are left alone."""
+    return [v for v in g.state.values() if v.state.trainable and v.type.rank >= 2]
+
+
 def add_loss(g: Graph, ctx: PassContext) -> Graph:
-    """Input %y and the loss node; outputs become (loss, model outputs...)."""
+    """Input %y and the loss node; outputs become (loss, model outputs...).
+
+    In training, a `penalty` setting adds strength * sum(w^2) (l2) or sum(|w|) (l1) over
+    every weight to the loss that is differentiated and reported."""
     cfg = ctx.config
     y = g.add_input("y", label_type(g, cfg.loss.name))
     b = Builder(g, loc=cfg.loss.span, scope="loss")
     ctx.loss = b.emit1(cfg.loss.name, [g.outputs[0], y], dict(cfg.loss.args))
+    if ctx.training and cfg.penalty is not None:
+        b.loc, b.scope = cfg.penalty.span, "penalty"
+        op, attrs = f"{cfg.penalty.name}_penalty", {"strength": cfg.penalty.args["strength"]}
+        terms = [b.emit1(op, [w], attrs, scope=w.state.name) for w in penalized(g)]
+        if terms:
+            ctx.loss = b.emit1("add", [ctx.loss, *terms])
     g.outputs = [ctx.loss, *g.outputs]
     g.output_names = ["loss", *g.output_names]
     return g
@@ -115,7 +131,7 @@ def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph
 
 def build_train_graph(model: Graph, cfg: TrainConfig) -> Graph:
     """inputs (%x..., %y, %lr) -> outputs (loss, model outputs...), with state updates."""
-    return run(TRAIN, model, PassContext(cfg, f"{model.name}.train"))
+    return run(TRAIN, model, PassContext(cfg, f"{model.name}.train", training=True))
 
 
 def build_eval_graph(model: Graph, cfg: TrainConfig) -> Graph:

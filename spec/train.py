@@ -16,6 +16,8 @@ from .elaborate import Elaborator
 from .values import Symbol
 
 LOSSES = {"cross_entropy": get_op("cross_entropy").args, "mse": get_op("mse").args}
+PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
+             "l1": (Arg("strength", kind="float", doc="multiplies sum(|w|)"),)}
 EARLY_STOPPING = (Arg("monitor", "val_loss", kind="name"), Arg("patience", 5, kind="int"),
                   Arg("min_delta", 0.0, kind="float"))
 
@@ -29,6 +31,7 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "epochs": ("posint", None, "epochs 30"),
     "seed": ("seed", None, "seed 0"),
     "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
+    "penalty": ("call", PENALTIES, "penalty l2(1e-4)"),
 }
 
 
@@ -113,6 +116,9 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             problem = check_optimizer_args(call)
             if problem:
                 raise UserError(f"optimizer {call.name}: {problem}", call.span)
+        if key == "penalty" and call.args["strength"] < 0:
+            raise UserError("a penalty's strength must not be negative",
+                            call.arg_spans.get("strength", call.span))
         setattr(cfg, key, call)
     elif kind == "batch":
         if isinstance(value, Symbol) and value.name == "full":

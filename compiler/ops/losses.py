@@ -89,3 +89,65 @@ class MseBwd(Op):
 
 
 LOSSES = {"cross_entropy": "cross_entropy", "mse": "mse"}
+
+
+class _Penalty(Op):
+    """A parameter-norm penalty: a scalar added to the training loss."""
+
+    def infer(self, ins, attrs):
+        if attrs["strength"] < 0:
+            raise ShapeError(f"{self.name}: strength must not be negative")
+        return [SCALAR]
+
+    def flops(self, ins, outs, attrs):
+        return 0                                         # per-step, not per-example
+
+    def vjp(self, b, node, gouts, needs):
+        return [b.emit1(self.name + "_bwd", [gouts[0], node.inputs[0]], node.attrs)]
+
+
+class _PenaltyBwd(Op):
+    n_inputs = 2
+
+    def infer(self, ins, attrs):
+        return [ins[1]]
+
+
+@register
+class L2Penalty(_Penalty):
+    """strength * sum(w^2) (the seed's L2 parameter-norm penalty; weight decay of 2*strength)."""
+
+    name = "l2_penalty"
+
+    def forward(self, ins, attrs, ctx):
+        return (attrs["strength"] * (ins[0] * ins[0]).sum(),)
+
+
+@register
+class L2PenaltyBwd(_PenaltyBwd):
+    name = "l2_penalty_bwd"
+
+    def forward(self, ins, attrs, ctx):
+        gy, w = ins
+        return (gy * 2.0 * attrs["strength"] * w,)
+
+
+@register
+class L1Penalty(_Penalty):
+    """strength * sum(|w|) (the L1 parameter-norm penalty, which favours sparse weights)."""
+
+    name = "l1_penalty"
+
+    def forward(self, ins, attrs, ctx):
+        return (attrs["strength"] * ins[0].abs().sum(),)
+
+
+@register
+class L1PenaltyBwd(_PenaltyBwd):
+    """d/dw strength*|w| = strength*sign(w) (0 at w = 0, the subgradient torch uses)."""
+
+    name = "l1_penalty_bwd"
+
+    def forward(self, ins, attrs, ctx):
+        gy, w = ins
+        return (gy * attrs["strength"] * torch.sign(w),)
