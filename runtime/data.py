@@ -29,6 +29,11 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
     "npz": (Arg("path", kind="str", doc=".npz file with arrays x and y"),
             Arg("x", "x", kind="str"), Arg("y", "y", kind="str"),
             Arg("classes", True, kind="bool"), *_SPLITS),
+    # the official test split is the test set; `val` is taken from the training images
+    "mnist": (Arg("root", kind="str", doc="folder with the four IDX files"),
+              Arg("val", 0.1, kind="float", doc="fraction of the training images held out")),
+    "cifar10": (Arg("root", kind="str", doc="the unpacked cifar-10-batches-py folder"),
+                Arg("val", 0.1, kind="float", doc="fraction of the training images held out")),
 }
 
 
@@ -59,6 +64,20 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
         x = (d.data / 16.0).astype(np.float32)               # pixels 0..16 -> 0..1
         y = d.target.astype(np.int64)
         return _split(x, y, a, seed, 10, "digits")
+    if call.name in ("mnist", "cifar10"):
+        from .formats import read_cifar10, read_mnist
+        root = Path(a["root"]).expanduser()
+        root = root if root.is_absolute() else base_dir / root
+        if not root.is_dir():
+            raise UserError(f"{call.name}: no such folder {root}",
+                            call.arg_spans.get("root", call.span))
+        (x, y), (xt, yt) = (read_mnist if call.name == "mnist" else read_cifar10)(root)
+        if not 0 <= a["val"] < 1:
+            raise UserError(f"val must be in [0, 1), got {a['val']}", call.arg_spans.get("val"))
+        perm = np.random.default_rng(seed).permutation(len(x))
+        n_val = int(round(len(x) * a["val"]))
+        va, tr = perm[:n_val], perm[n_val:]
+        return Dataset(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xt, yt), 10, call.name)
     path = Path(a["path"])
     if not path.is_absolute():
         path = base_dir / path
