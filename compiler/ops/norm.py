@@ -93,16 +93,21 @@ class BatchNorm(Op):
         return [y]
 
 
-@register
-class BatchNormEvalBwd(Op):
-    """Gradients of inference-mode batch norm (statistics are constants):
-    gx = gy * w / sqrt(rv + eps), gw = sum(gy * xhat), gb = sum(gy)."""
+class _BatchNormBwd(Op):
+    """Inputs (gy, x, weight, mean, var) -> (gx, gweight, gbias)."""
 
-    name = "batch_norm_eval_bwd"
     n_inputs = 5
 
     def infer(self, ins, attrs):
         return [ins[1], ins[2], ins[2]]
+
+
+@register
+class BatchNormEvalBwd(_BatchNormBwd):
+    """Gradients of inference-mode batch norm (statistics are constants):
+    gx = gy * w / sqrt(rv + eps), gw = sum(gy * xhat), gb = sum(gy)."""
+
+    name = "batch_norm_eval_bwd"
 
     def forward(self, ins, attrs, ctx):
         gy, x, w, mean, var = ins
@@ -153,15 +158,11 @@ class BatchNormTrain(Op):
 
 
 @register
-class BatchNormTrainBwd(Op):
+class BatchNormTrainBwd(_BatchNormBwd):
     """With xhat = (x - mean) * invstd, n values per channel:
     gb = sum(gy), gw = sum(gy * xhat), gx = w * invstd / n * (n * gy - gb - xhat * gw)."""
 
     name = "batch_norm_train_bwd"
-    n_inputs = 5
-
-    def infer(self, ins, attrs):
-        return [ins[1], ins[2], ins[2]]
 
     def forward(self, ins, attrs, ctx):
         gy, x, w, mean, var = ins
