@@ -177,9 +177,7 @@ class Conv2dBwdInput(Op):
 
     name = "conv2d_bwd_input"
     n_inputs = 3
-
-    def infer(self, ins, attrs):
-        return [ins[1]]
+    like = 1
 
     def flops(self, ins, outs, attrs):
         n = ins[0].per_sample()

@@ -64,8 +64,7 @@ class Linear(Op):
 class _Unary(Op):
     """An elementwise activation whose backward is written in terms of its output."""
 
-    def infer(self, ins, attrs):
-        return [ins[0]]
+    like = 0
 
     def flops(self, ins, outs, attrs):
         return ins[0].per_sample() or 0
@@ -76,9 +75,7 @@ class _Unary(Op):
 
 class _UnaryBwd(Op):
     n_inputs = 2
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
+    like = 0
 
 
 @register
@@ -217,9 +214,7 @@ class Dropout(Op):
 class DropoutMask(Op):
     name = "dropout_mask"
     differentiable = False
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
+    like = 0
 
     def forward(self, ins, attrs, ctx):
         x = ins[0]
@@ -320,9 +315,7 @@ class Sum(Op):
 class OnesLike(Op):
     name = "ones_like"
     differentiable = False
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
+    like = 0
 
     def forward(self, ins, attrs, ctx):
         return (torch.ones_like(ins[0]),)
@@ -332,9 +325,7 @@ class OnesLike(Op):
 class ZerosLike(Op):
     name = "zeros_like"
     differentiable = False
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
+    like = 0
 
     def forward(self, ins, attrs, ctx):
         return (torch.zeros_like(ins[0]),)

@@ -42,9 +42,7 @@ class CrossEntropyBwd(Op):
 
     name = "cross_entropy_bwd"
     n_inputs = 3
-
-    def infer(self, ins, attrs):
-        return [ins[1]]
+    like = 1
 
     def forward(self, ins, attrs, ctx):
         gy, logits, labels = ins
@@ -79,9 +77,7 @@ class MseBwd(Op):
 
     name = "mse_bwd"
     n_inputs = 3
-
-    def infer(self, ins, attrs):
-        return [ins[1]]
+    like = 1
 
     def forward(self, ins, attrs, ctx):
         gy, pred, target = ins
@@ -108,9 +104,7 @@ class _Penalty(Op):
 
 class _PenaltyBwd(Op):
     n_inputs = 2
-
-    def infer(self, ins, attrs):
-        return [ins[1]]
+    like = 1
 
 
 @register

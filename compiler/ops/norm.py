@@ -254,9 +254,7 @@ class LocalResponseNormBwd(Op):
 
     name = "local_response_norm_bwd"
     n_inputs = 2
-
-    def infer(self, ins, attrs):
-        return [ins[1]]
+    like = 1
 
     def forward(self, ins, attrs, ctx):
         gy, x = ins
@@ -274,12 +272,10 @@ class LeakyRelu(Op):
     name = layer = "leaky_relu"
     args = (Arg("slope", 0.01, kind="float", doc="slope for negative inputs"),)
     doc = "x if x > 0 else slope * x (nn.LeakyReLU)."
+    like = 0
 
     def attrs(self, bound, in_types):
         return {"slope": float(bound.get("slope", 0.01))}
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
 
     def flops(self, ins, outs, attrs):
         return ins[0].per_sample() or 0
@@ -297,9 +293,7 @@ class LeakyReluBwd(Op):
 
     name = "leaky_relu_bwd"
     n_inputs = 2
-
-    def infer(self, ins, attrs):
-        return [ins[1]]
+    like = 1
 
     def forward(self, ins, attrs, ctx):
         gy, x = ins
@@ -310,9 +304,7 @@ class LeakyReluBwd(Op):
 class Identity(Op):
     name = layer = "identity"
     doc = "Pass the input through unchanged (a placeholder, e.g. in a conditional)."
-
-    def infer(self, ins, attrs):
-        return [ins[0]]
+    like = 0
 
     def forward(self, ins, attrs, ctx):
         return (ins[0],)

@@ -56,6 +56,7 @@ class Op:
     args: tuple[Arg, ...] = ()          # language signature (bound into attrs)
     n_inputs: int | None = 1            # data inputs from the chain; None: variadic (add, concat)
     differentiable: bool = True         # False: outputs are constants to autodiff (masks, ones)
+    like: int | None = None             # one output typed like input `like` (the default infer)
     doc: str = ""
 
     def attrs(self, bound: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
@@ -63,7 +64,9 @@ class Op:
         return dict(bound)
 
     def infer(self, ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
-        raise NotImplementedError
+        if self.like is None:
+            raise NotImplementedError(f"op {self.name!r} has no shape rule")
+        return [ins[self.like]]
 
     def state(self, ins: list[TensorType], attrs: dict[str, Any]) -> list[LocalState]:
         return []
