@@ -9,38 +9,31 @@ import torch
 from ..compiler.pipeline import build_eval_graph, build_infer_graph
 from ..spec.diagnostics import UserError
 from . import checkpoint as ckpt
+from .backends import make_program, resolve
 from .state import init_state
-
-
-def resolve_device(backend: str, device: str | None) -> tuple[str, str]:
-    """(backend, device) after 'auto'; errors for what this build cannot do."""
-    if backend not in ("auto", "reference", "triton"):
-        raise UserError(f"unknown backend '{backend}' (choose auto, reference or triton)")
-    if backend == "triton":
-        raise UserError("the triton backend is not available in this version of dlc; "
-                        "use --backend reference")
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device} was asked for, but no CUDA GPU is available")
-    return "reference", device
 
 
 class Model:
     def __init__(self, spec, backend: str = "auto", device: str | None = None,
-                 checkpoint: str | Path | None = None, seed: int | None = None):
-        from .reference import ReferenceProgram
+                 checkpoint: str | Path | None = None, seed: int | None = None,
+                 extra_graphs: list | None = None):
+        """`extra_graphs`: other graphs that will run on the same backend (the train graph),
+        so that `auto` and `triton` decide for all of them at once."""
+        extra_graphs = list(extra_graphs or [])
         self.spec = spec
-        self.backend, self.device = resolve_device(backend, device)
         self.seed = spec.config.seed if seed is None else seed
         g = spec.graph
         self.infer_graph = build_infer_graph(g, spec.config)
         self.eval_graph = build_eval_graph(g, spec.config)
+        self.backend, self.device = resolve(backend, device, extra_graphs +
+                                            [self.infer_graph, self.eval_graph])
         self.state = init_state(g, self.seed, self.device)
         if checkpoint is not None:
             self.load(checkpoint)
-        self._infer = ReferenceProgram(self.infer_graph, training=False, device=self.device)
-        self._eval = ReferenceProgram(self.eval_graph, training=False, device=self.device)
+        self._infer = make_program(self.infer_graph, training=False, backend=self.backend,
+                                   device=self.device)
+        self._eval = make_program(self.eval_graph, training=False, backend=self.backend,
+                                  device=self.device)
 
     # -- state
     def load(self, path: str | Path) -> None:

@@ -15,6 +15,8 @@ from ..compiler.ops import ExecContext, get
 class ReferenceProgram:
     """An executable graph: `run(state, inputs)` -> (outputs, updated state entries)."""
 
+    backend = "reference"
+
     def __init__(self, graph: Graph, *, training: bool, device: str = "cpu", seed: int = 0):
         self.graph = graph
         self.device = torch.device(device)
@@ -30,6 +32,33 @@ class ReferenceProgram:
                 if v.node is not None and id(v) not in seen and id(v) not in keep:
                     seen.add(id(v))
                     self._last_use[i].append(id(v))
+
+    def profile(self, state: dict, inputs: dict) -> list:
+        """One run with the device synchronised around every node: a `KernelTime` per node."""
+        import time
+        from .backends import KernelTime
+        timed, orig = [], [op.forward for op in self.ops]
+        sync = (torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None))
+
+        def wrap(node, fwd):
+            def timed_forward(ins, attrs, ctx):
+                sync()
+                t0 = time.perf_counter()
+                out = fwd(ins, attrs, ctx)
+                sync()
+                timed.append(KernelTime(node.op, f"{node.op} [{node.scope or '-'}]",
+                                        time.perf_counter() - t0))
+                return out
+            return timed_forward
+
+        saved = self.ops
+        self.ops = [type("Timed", (), {"forward": staticmethod(wrap(n, f))})()
+                    for n, f in zip(self.nodes, orig)]
+        try:
+            self.run(state, inputs)
+        finally:
+            self.ops = saved
+        return timed
 
     def run(self, state: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor],
             fetch: list[Value] = ()) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], list]:
