@@ -1,9 +1,16 @@
 """Shared test configuration: the --update-golden flag and common paths."""
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Triton kernels run in its CPU interpreter in tests; it must be chosen before any kernel
+# module is made. Generated kernels are cached in a folder of this test session.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("DLC_CACHE_DIR", tempfile.mkdtemp(prefix="dlc-test-cache-"))
 
 ROOT = Path(__file__).resolve().parent.parent
 

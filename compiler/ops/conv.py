@@ -66,6 +66,8 @@ def conv_out_hw(h, w, a: dict):
 @register
 class Conv2d(Op):
     name = "conv2d"
+    triton = "conv"
+    triton_epilogue = True
     layer = "conv"
     args = (Arg("out", kind="int", doc="output channels"),
             Arg("kernel", kind="int2", doc="kernel size, k or [kh, kw]"),
@@ -176,6 +178,8 @@ class Conv2dBwdInput(Op):
     """dL/dx of conv2d: a transposed convolution of gy with the weight."""
 
     name = "conv2d_bwd_input"
+    triton = "conv"
+    triton_epilogue = True
     n_inputs = 3
     like = 1
 
@@ -194,6 +198,7 @@ class Conv2dBwdWeight(Op):
     """dL/dweight of conv2d: a correlation of the input with gy."""
 
     name = "conv2d_bwd_weight"
+    triton = "conv"
     n_inputs = 2
 
     def infer(self, ins, attrs):

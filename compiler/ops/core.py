@@ -24,6 +24,8 @@ def _feature_dim(t: TensorType, what: str) -> int:
 @register
 class Linear(Op):
     name = "linear"
+    triton = "matmul"
+    triton_epilogue = True
     layer = "linear"
     args = (Arg("out", kind="int", doc="output features"),
             Arg("bias", True, kind="bool", doc="add a learned bias"))
@@ -81,6 +83,10 @@ class _UnaryBwd(Op):
 @register
 class Relu(_Unary):
     name = layer = "relu"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(f"tl.maximum({ins[0]}, 0.0)")]
     doc = "max(x, 0)."
 
     def forward(self, ins, attrs, ctx):
@@ -90,6 +96,10 @@ class Relu(_Unary):
 @register
 class ReluBwd(_UnaryBwd):
     name = "relu_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, y)
+        return [e.let(f"tl.where({ins[1]} > 0.0, {ins[0]}, 0.0)")]
 
     def forward(self, ins, attrs, ctx):
         gy, y = ins
@@ -99,6 +109,10 @@ class ReluBwd(_UnaryBwd):
 @register
 class Sigmoid(_Unary):
     name = layer = "sigmoid"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(f"1.0 / (1.0 + tl.exp(-{ins[0]}))")]
     doc = "1 / (1 + exp(-x))."
 
     def forward(self, ins, attrs, ctx):
@@ -108,6 +122,11 @@ class Sigmoid(_Unary):
 @register
 class SigmoidBwd(_UnaryBwd):
     name = "sigmoid_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, y)
+        gy, y = ins
+        return [e.let(f"{gy} * {y} * (1.0 - {y})")]
 
     def forward(self, ins, attrs, ctx):
         gy, y = ins
@@ -117,6 +136,10 @@ class SigmoidBwd(_UnaryBwd):
 @register
 class Tanh(_Unary):
     name = layer = "tanh"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # 2*sigmoid(2x) - 1: no libdevice needed
+        return [e.let(f"2.0 / (1.0 + tl.exp(-2.0 * {ins[0]})) - 1.0")]
     doc = "Hyperbolic tangent."
 
     def forward(self, ins, attrs, ctx):
@@ -126,6 +149,11 @@ class Tanh(_Unary):
 @register
 class TanhBwd(_UnaryBwd):
     name = "tanh_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, y)
+        gy, y = ins
+        return [e.let(f"{gy} * (1.0 - {y} * {y})")]
 
     def forward(self, ins, attrs, ctx):
         gy, y = ins
@@ -135,6 +163,7 @@ class TanhBwd(_UnaryBwd):
 @register
 class Softmax(_Unary):
     name = layer = "softmax"
+    triton = "reduce"
     doc = "Softmax over the feature (channel) dimension."
 
     def forward(self, ins, attrs, ctx):
@@ -144,6 +173,7 @@ class Softmax(_Unary):
 @register
 class SoftmaxBwd(_UnaryBwd):
     name = "softmax_bwd"
+    triton = "reduce"
 
     def forward(self, ins, attrs, ctx):
         gy, y = ins
@@ -153,6 +183,7 @@ class SoftmaxBwd(_UnaryBwd):
 @register
 class Flatten(Op):
     name = layer = "flatten"
+    triton = "view"
     doc = "Flatten every dimension but the batch: [N, C, H, W] -> [N, C*H*W]."
 
     def infer(self, ins, attrs):
@@ -172,6 +203,7 @@ class Flatten(Op):
 @register
 class Reshape(Op):
     name = "reshape"
+    triton = "view"
 
     def infer(self, ins, attrs):
         t = TensorType((ins[0].shape[0], *attrs["shape"]), ins[0].dtype)
@@ -189,6 +221,7 @@ class Reshape(Op):
 @register
 class Dropout(Op):
     name = layer = "dropout"
+    triton = "view"
     args = (Arg("p", 0.5, kind="float", doc="probability of zeroing an element"),)
     doc = "Zero each element with probability p in training, scaling the rest by 1/(1-p)."
 
@@ -213,6 +246,14 @@ class Dropout(Op):
 @register
 class DropoutMask(Op):
     name = "dropout_mask"
+    triton = "remat"
+
+    def triton_ew(self, e, ins, attrs):
+        """Regenerated from the step's seed wherever it is used (Philox), never stored:
+        keep with probability 1-p, scaled by 1/(1-p)."""
+        p = attrs["p"]
+        r = e.let(f"tl.rand({e.seed()} + {e.salt()}, {e.offs}.to(tl.int32))")
+        return [e.let(f"tl.where({r} >= {p!r}, {1.0 / (1.0 - p)!r}, 0.0)")]
     differentiable = False
     like = 0
 
@@ -231,6 +272,10 @@ class DropoutMask(Op):
 @register
 class Add(Op):
     name = layer = "add"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(" + ".join(ins))]
     n_inputs = None
     doc = "Elementwise sum of two or more tensors of the same shape."
 
@@ -258,6 +303,10 @@ class Add(Op):
 @register
 class Mul(Op):
     name = "mul"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(f"{ins[0]} * {ins[1]}")]
     n_inputs = 2
 
     def infer(self, ins, attrs):
@@ -279,6 +328,8 @@ class Matmul(Op):
     """op(A) @ op(B) for 2-D tensors, where op transposes when asked."""
 
     name = "matmul"
+    triton = "matmul"
+    triton_epilogue = True
     n_inputs = 2
 
     def infer(self, ins, attrs):
@@ -301,6 +352,7 @@ class Matmul(Op):
 @register
 class Sum(Op):
     name = "sum"
+    triton = "reduce"
 
     def infer(self, ins, attrs):
         dims = attrs["dims"]
@@ -314,6 +366,10 @@ class Sum(Op):
 @register
 class OnesLike(Op):
     name = "ones_like"
+    triton = "remat"
+
+    def triton_ew(self, e, ins, attrs):
+        return ["1.0"]
     differentiable = False
     like = 0
 
@@ -324,6 +380,10 @@ class OnesLike(Op):
 @register
 class ZerosLike(Op):
     name = "zeros_like"
+    triton = "remat"
+
+    def triton_ew(self, e, ins, attrs):
+        return ["0.0"]
     differentiable = False
     like = 0
 
@@ -334,6 +394,7 @@ class ZerosLike(Op):
 @register
 class Concat(Op):
     name = layer = "concat"
+    triton = "copy"
     n_inputs = None
     args = (Arg("axis", 1, kind="int", doc="dimension to join along (1: channels/features)"),)
     doc = "Join tensors along a dimension (channels by default); other sizes must agree."
@@ -367,6 +428,7 @@ class Concat(Op):
 @register
 class Slice(Op):
     name = "slice"
+    triton = "copy"
 
     def infer(self, ins, attrs):
         t, axis = ins[0], attrs["axis"]

@@ -12,6 +12,7 @@ SCALAR = TensorType(())
 @register
 class CrossEntropy(Op):
     name = "cross_entropy"
+    triton = "loss"
     n_inputs = 2
     args = (Arg("label_smoothing", 0.0, kind="float"),)
     doc = "Softmax cross-entropy of logits [N, C] against integer labels [N], averaged."
@@ -41,6 +42,7 @@ class CrossEntropyBwd(Op):
     """d loss / d logits = (softmax(z) - q) / N, with q the (smoothed) one-hot target."""
 
     name = "cross_entropy_bwd"
+    triton = "loss"
     n_inputs = 3
     like = 1
 
@@ -55,6 +57,7 @@ class CrossEntropyBwd(Op):
 @register
 class Mse(Op):
     name = "mse"
+    triton = "loss"
     n_inputs = 2
     doc = "Mean squared error over every element."
 
@@ -76,6 +79,14 @@ class MseBwd(Op):
     """d loss / d pred = 2 (pred - target) / numel."""
 
     name = "mse_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, pred, target)
+        gy, pred, target = ins
+        n = 1
+        for d in e.in_shape(1):
+            n *= d
+        return [e.let(f"{gy} * 2.0 * ({pred} - {target}) / {float(n)!r}")]
     n_inputs = 3
     like = 1
 
@@ -112,6 +123,7 @@ class L2Penalty(_Penalty):
     """strength * sum(w^2) (the seed's L2 parameter-norm penalty; weight decay of 2*strength)."""
 
     name = "l2_penalty"
+    triton = "reduce"
 
     def forward(self, ins, attrs, ctx):
         return (attrs["strength"] * (ins[0] * ins[0]).sum(),)
@@ -120,6 +132,10 @@ class L2Penalty(_Penalty):
 @register
 class L2PenaltyBwd(_PenaltyBwd):
     name = "l2_penalty_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, w)
+        return [e.let(f"{ins[0]} * {2.0 * attrs['strength']!r} * {ins[1]}")]
 
     def forward(self, ins, attrs, ctx):
         gy, w = ins
@@ -131,6 +147,7 @@ class L1Penalty(_Penalty):
     """strength * sum(|w|) (the L1 parameter-norm penalty, which favours sparse weights)."""
 
     name = "l1_penalty"
+    triton = "reduce"
 
     def forward(self, ins, attrs, ctx):
         return (attrs["strength"] * ins[0].abs().sum(),)
@@ -141,6 +158,12 @@ class L1PenaltyBwd(_PenaltyBwd):
     """d/dw strength*|w| = strength*sign(w) (0 at w = 0, the subgradient torch uses)."""
 
     name = "l1_penalty_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, w): sign(0) = 0 as torch
+        gy, w = ins
+        sign = e.let(f"tl.where({w} > 0.0, 1.0, tl.where({w} < 0.0, -1.0, 0.0))")
+        return [e.let(f"{gy} * {attrs['strength']!r} * {sign}")]
 
     def forward(self, ins, attrs, ctx):
         gy, w = ins

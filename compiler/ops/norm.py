@@ -44,6 +44,12 @@ def _per_channel(v, x):
 @register
 class BatchNorm(Op):
     name = "batch_norm"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (x, w, b, mean, var): per channel
+        x, w, b, mean, var = ins
+        inv = e.let(f"1.0 / tl.sqrt({var} + {attrs['eps']!r})")
+        return [e.let(f"({x} - {mean}) * {inv} * {w} + {b}")]
     layer = "bn"
     args = (Arg("eps", 1e-5, kind="float", doc="added to the variance for stability"),
             Arg("momentum", 0.1, kind="float", doc="weight of the new batch in the running stats"))
@@ -108,6 +114,8 @@ class BatchNormEvalBwd(_BatchNormBwd):
     gx = gy * w / sqrt(rv + eps), gw = sum(gy * xhat), gb = sum(gy)."""
 
     name = "batch_norm_eval_bwd"
+    triton = "norm"
+    triton_prologue = (0,)
 
     def forward(self, ins, attrs, ctx):
         gy, x, w, mean, var = ins
@@ -124,6 +132,8 @@ class BatchNormTrain(Op):
     Outputs (y, mean, biased var, unbiased var); the unbiased one feeds the running var."""
 
     name = "batch_norm_train"
+    triton = "norm"
+    triton_epilogue = True
     n_inputs = 3
 
     def infer(self, ins, attrs):
@@ -163,6 +173,8 @@ class BatchNormTrainBwd(_BatchNormBwd):
     gb = sum(gy), gw = sum(gy * xhat), gx = w * invstd / n * (n * gy - gb - xhat * gw)."""
 
     name = "batch_norm_train_bwd"
+    triton = "norm"
+    triton_prologue = (0,)
 
     def forward(self, ins, attrs, ctx):
         gy, x, w, mean, var = ins
@@ -182,6 +194,12 @@ class EmaUpdate(Op):
     """(1 - momentum) * running + momentum * batch: a running-statistic update."""
 
     name = "ema_update"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        r, b = ins
+        m = attrs["momentum"]
+        return [e.let(f"{1.0 - m!r} * {r} + {m!r} * {b}")]
     n_inputs = 2
 
     def infer(self, ins, attrs):
@@ -216,6 +234,7 @@ def _lrn_scale(x, attrs):
 @register
 class LocalResponseNorm(Op):
     name = "local_response_norm"
+    triton = "norm"
     layer = "lrn"
     args = (Arg("size", 5, kind="int", doc="channels in the window"),
             Arg("alpha", 1e-4, kind="float", doc="scale (divided by size, as PyTorch does)"),
@@ -253,6 +272,7 @@ class LocalResponseNormBwd(Op):
     where the transposed window reaches (size-1)//2 channels back and size//2 forward."""
 
     name = "local_response_norm_bwd"
+    triton = "norm"
     n_inputs = 2
     like = 1
 
@@ -270,6 +290,11 @@ class LocalResponseNormBwd(Op):
 @register
 class LeakyRelu(Op):
     name = layer = "leaky_relu"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        x = ins[0]
+        return [e.let(f"tl.where({x} > 0.0, {x}, {x} * {attrs['slope']!r})")]
     args = (Arg("slope", 0.01, kind="float", doc="slope for negative inputs"),)
     doc = "x if x > 0 else slope * x (nn.LeakyReLU)."
     like = 0
@@ -292,6 +317,11 @@ class LeakyReluBwd(Op):
     """gy where x > 0, slope * gy elsewhere (uses x, so any slope sign works)."""
 
     name = "leaky_relu_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, x)
+        gy, x = ins
+        return [e.let(f"tl.where({x} > 0.0, {gy}, {gy} * {attrs['slope']!r})")]
     n_inputs = 2
     like = 1
 
@@ -303,6 +333,7 @@ class LeakyReluBwd(Op):
 @register
 class Identity(Op):
     name = layer = "identity"
+    triton = "view"
     doc = "Pass the input through unchanged (a placeholder, e.g. in a conditional)."
     like = 0
 

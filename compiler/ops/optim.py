@@ -5,6 +5,8 @@ output back to its state with `@name <- %value`.
 """
 from __future__ import annotations
 
+import math
+
 from ._lazy import torch
 
 from .registry import Op, ShapeError, register
@@ -29,6 +31,21 @@ class SgdUpdate(_Update):
     Inputs: (w, g, lr), or (w, g, buf, step, lr) with momentum."""
 
     name = "sgd_update"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        mom, wd = attrs["momentum"], attrs["weight_decay"]
+        w, g, *rest = ins
+        lr = rest[-1]
+        if wd:
+            g = e.let(f"{g} + {wd!r} * {w}")
+        if not mom:
+            return [e.let(f"{w} - {lr} * {g}")]
+        buf, step = rest[0], rest[1]
+        damp = 1.0 - attrs["dampening"]
+        buf = e.let(f"tl.where({step} == 1.0, {g}, {mom!r} * {buf} + {damp!r} * {g})")
+        d = e.let(f"{g} + {mom!r} * {buf}") if attrs["nesterov"] else buf
+        return [e.let(f"{w} - {lr} * {d}"), buf]
 
     def infer(self, ins, attrs):
         w = ins[0]
@@ -55,6 +72,21 @@ class AdamUpdate(_Update):
     weight_decay adds wd*w to g (Adam) or, when decoupled, first scales w by (1 - lr*wd) (AdamW)."""
 
     name = "adam_update"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        w, g, m, v, step, lr = ins
+        b1, b2, eps, wd = attrs["beta1"], attrs["beta2"], attrs["eps"], attrs["weight_decay"]
+        if wd and attrs["decoupled"]:
+            w = e.let(f"{w} * (1.0 - {lr} * {wd!r})")
+        elif wd:
+            g = e.let(f"{g} + {wd!r} * {w}")
+        m = e.let(f"{b1!r} * {m} + {1.0 - b1!r} * {g}")
+        v = e.let(f"{b2!r} * {v} + {1.0 - b2!r} * {g} * {g}")
+        bc1 = e.let(f"1.0 - tl.exp({step} * {math.log(b1)!r})") if b1 > 0 else "1.0"
+        bc2 = e.let(f"1.0 - tl.exp({step} * {math.log(b2)!r})") if b2 > 0 else "1.0"
+        denom = e.let(f"tl.sqrt({v}) / tl.sqrt({bc2}) + {eps!r}")
+        return [e.let(f"{w} - ({lr} / {bc1}) * {m} / {denom}"), m, v]
     n_slots = 2
 
     def forward(self, ins, attrs, ctx):
@@ -75,6 +107,10 @@ class AdamUpdate(_Update):
 @register
 class Increment(Op):
     name = "increment"
+    triton = "remat"
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(f"{ins[0]} + 1")]
     like = 0
 
     def forward(self, ins, attrs, ctx):
@@ -88,6 +124,29 @@ class RmspropUpdate(Op):
     w = w - lr*buf, else w = w - lr*g'/d.  Inputs (w, g, s, [a], [buf], lr)."""
 
     name = "rmsprop_update"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        w, g, sq, *rest = ins
+        lr, rest = rest[-1], rest[:-1]
+        alpha, eps, mom, wd = attrs["alpha"], attrs["eps"], attrs["momentum"], attrs["weight_decay"]
+        if wd:
+            g = e.let(f"{g} + {wd!r} * {w}")
+        sq = e.let(f"{alpha!r} * {sq} + {1.0 - alpha!r} * {g} * {g}")
+        outs = []
+        if attrs["centered"]:
+            gavg = e.let(f"{alpha!r} * {rest.pop(0)} + {1.0 - alpha!r} * {g}")
+            denom = e.let(f"tl.sqrt({sq} - {gavg} * {gavg}) + {eps!r}")
+            outs.append(gavg)
+        else:
+            denom = e.let(f"tl.sqrt({sq}) + {eps!r}")
+        if mom:
+            buf = e.let(f"{mom!r} * {rest.pop(0)} + {g} / {denom}")
+            outs.append(buf)
+            w = e.let(f"{w} - {lr} * {buf}")
+        else:
+            w = e.let(f"{w} - {lr} * {g} / {denom}")
+        return [w, sq, *outs]
 
     def infer(self, ins, attrs):
         n = 2 + bool(attrs["centered"]) + bool(attrs["momentum"])
@@ -124,6 +183,15 @@ class AdagradUpdate(_Update):
     Inputs (w, g, sum, step, lr)."""
 
     name = "adagrad_update"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        w, g, acc, step, lr = ins
+        if attrs["weight_decay"]:
+            g = e.let(f"{g} + {attrs['weight_decay']!r} * {w}")
+        clr = e.let(f"{lr} / (1.0 + ({step} - 1.0) * {attrs['lr_decay']!r})")
+        acc = e.let(f"{acc} + {g} * {g}")
+        return [e.let(f"{w} - {clr} * {g} / (tl.sqrt({acc}) + {attrs['eps']!r})"), acc]
     n_slots = 1
 
     def forward(self, ins, attrs, ctx):
@@ -141,6 +209,17 @@ class AdadeltaUpdate(_Update):
     u = rho*u + (1-rho)*d^2;  w = w - lr*d.  Inputs (w, g, s, u, lr)."""
 
     name = "adadelta_update"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):
+        w, g, sq, acc, lr = ins
+        rho, eps = attrs["rho"], attrs["eps"]
+        if attrs["weight_decay"]:
+            g = e.let(f"{g} + {attrs['weight_decay']!r} * {w}")
+        sq = e.let(f"{rho!r} * {sq} + {1.0 - rho!r} * {g} * {g}")
+        delta = e.let(f"tl.sqrt({acc} + {eps!r}) / tl.sqrt({sq} + {eps!r}) * {g}")
+        acc = e.let(f"{rho!r} * {acc} + {1.0 - rho!r} * {delta} * {delta}")
+        return [e.let(f"{w} - {lr} * {delta}"), sq, acc]
     n_slots = 2
 
     def forward(self, ins, attrs, ctx):

@@ -76,6 +76,7 @@ class _PoolBwd(Op):
 @register
 class MaxPool2d(_Pool2d):
     name = "max_pool2d"
+    triton = "pool"
     layer = "maxpool"
     what = "maxpool"
     doc = "2-D max pooling (nn.MaxPool2d); stride defaults to the kernel size."
@@ -90,6 +91,7 @@ class MaxPool2dBwd(_PoolBwd):
     """dL/dx: gy routed to each window's argmax (recomputed from x)."""
 
     name = "max_pool2d_bwd"
+    triton = "pool"
 
     def forward(self, ins, attrs, ctx):
         gy, x = ins
@@ -102,6 +104,7 @@ class MaxPool2dBwd(_PoolBwd):
 @register
 class AvgPool2d(_Pool2d):
     name = "avg_pool2d"
+    triton = "pool"
     layer = "avgpool"
     what = "avgpool"
     args = _Pool2d.args + (Arg("count_include_pad", True, kind="bool",
@@ -123,6 +126,7 @@ class AvgPool2dBwd(_PoolBwd):
     """dL/dx: each gy spread evenly over its window."""
 
     name = "avg_pool2d_bwd"
+    triton = "pool"
 
     def forward(self, ins, attrs, ctx):
         gy, x = ins
@@ -134,6 +138,7 @@ class AvgPool2dBwd(_PoolBwd):
 @register
 class GlobalAvgPool(Op):
     name = "global_avg_pool"
+    triton = "pool"
     layer = "global_avgpool"
     doc = "Mean over all positions: [N, C, H, W] -> [N, C, 1, 1]; follow it with flatten."
 
@@ -156,6 +161,7 @@ class GlobalAvgPoolBwd(_PoolBwd):
     """dL/dx = gy / (H*W), broadcast over every position."""
 
     name = "global_avg_pool_bwd"
+    triton = "pool"
 
     def forward(self, ins, attrs, ctx):
         gy, x = ins                                  # gy (N, C, 1, 1), x (N, C, H, W)
@@ -166,6 +172,7 @@ class GlobalAvgPoolBwd(_PoolBwd):
 @register
 class UpsampleNearest(Op):
     name = "upsample_nearest"
+    triton = "pool"
     layer = "upsample"
     args = (Arg("scale", 2, kind="int", doc="integer scale factor for height and width"),)
     doc = "Nearest-neighbour upsampling by an integer factor: [N,C,H,W] -> [N,C,sH,sW]."
@@ -190,6 +197,7 @@ class UpsampleNearestBwd(Op):
     """dL/dx: gy summed over each s x s block (a sum pool with stride s)."""
 
     name = "upsample_nearest_bwd"
+    triton = "pool"
 
     def infer(self, ins, attrs):
         n, c, h, w = ins[0].shape

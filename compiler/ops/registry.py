@@ -58,6 +58,12 @@ class Op:
     differentiable: bool = True         # False: outputs are constants to autodiff (masks, ones)
     like: int | None = None             # one output typed like input `like` (the default infer)
     doc: str = ""
+    # How it lowers to Triton (compiler/plan.py): "elementwise" (`triton_ew` writes it),
+    # "remat" (elementwise without tensor loads, recomputed where used), "view" (no kernel),
+    # the template family that anchors a kernel (compiler/templates/), or None (no kernels).
+    triton: str | None = None
+    triton_prologue: tuple[int, ...] = ()   # anchor inputs that accept an inlined chain
+    triton_epilogue: bool = False           # anchor output 0 goes through the epilogue hook
 
     def attrs(self, bound: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
         """Turn bound language arguments into node attributes (defaults filled in)."""
@@ -80,6 +86,11 @@ class Op:
     def vjp(self, b: "Builder", node: Node, gouts: list[Value | None],
             needs: list[bool]) -> list[Value | None]:
         raise NotImplementedError(f"op {self.name!r} has no vector-Jacobian product")
+
+    def triton_ew(self, e: "EwEmitter", ins: list[str], attrs: dict[str, Any]) -> list[str]:
+        """Elementwise lowering: Triton expressions for the outputs, given the inputs' values
+        as variable names; `e.let(expr)` names an intermediate (compiler/render.py)."""
+        raise NotImplementedError(f"op {self.name!r} has no elementwise lowering")
 
     def lower_train(self, b: "Builder", node: Node, ins: list[Value]) -> list[Value] | None:
         """Rewrite for the train graph; None keeps the node as it is."""

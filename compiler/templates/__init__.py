@@ -1,0 +1,33 @@
+"""Kernel templates, one module per family; each exposes `render(ctx: KernelCtx)`.
+
+    elementwise   fused elementwise chains, multi-tensor updates (elementwise.py)
+    matmul        matmul / linear with a fused epilogue and bias-gradient sibling (matmul.py)
+    conv          implicit-GEMM convolution: forward, input and weight gradients (conv.py)
+    pool          max/avg pooling, global average pooling, nearest upsampling (pool.py)
+    reduce        sums over dimensions, penalties, softmax (reduce.py)
+    norm          batch norm statistics and gradients, local response norm (norm.py)
+    loss          cross-entropy with its gradient in one kernel, mean squared error (loss.py)
+    copy          concat and slice (copy.py)
+"""
+from __future__ import annotations
+
+import importlib
+
+FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy")
+
+
+def template(family: str):
+    if family not in FAMILIES:
+        raise KeyError(f"no kernel template family {family!r}")
+    return importlib.import_module(f"{__name__}.{family}").render
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
