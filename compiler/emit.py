@@ -77,6 +77,12 @@ def emit(spec, what: str, batch: int = 32) -> str | bytes:
     if what == "ir-train":
         from .pipeline import build_train_graph
         return print_graph(build_train_graph(spec.graph, spec.config))
+    if what in ("plan", "triton"):
+        plan = train_plan(spec, batch)
+        if what == "triton":
+            return plan.module
+        from .plan import format_plan
+        return format_plan(plan)
     if what == "dot":
         from .dot import to_dot
         return to_dot(spec.graph)
@@ -84,3 +90,19 @@ def emit(spec, what: str, batch: int = 32) -> str | bytes:
         from .onnx_export import export_onnx
         return export_onnx(spec)
     raise ValueError(what)
+
+
+def train_plan(spec, batch: int):
+    """The kernel plan of the training step at this batch (`--emit plan` / `--emit triton`)."""
+    from ..spec.diagnostics import UserError
+    from .pipeline import build_train_graph
+    from .plan import make_plan
+    g = build_train_graph(spec.graph, spec.config)
+    symbols = sorted({d for v in g.inputs for d in v.type.shape
+                      if isinstance(d, str) and d.isidentifier() and d != "N"})
+    if symbols:
+        raise UserError(f"the kernel plan needs concrete sizes, but the input has the size "
+                        f"symbol{'s' if len(symbols) > 1 else ''} {', '.join(symbols)}",
+                        hint="plans are made at run time for the sizes of the data; "
+                             "declare fixed sizes in the input to see one here")
+    return make_plan(g, {"N": batch}, training=True)

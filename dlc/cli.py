@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from .spec.diagnostics import UserError
 
-EMITS = ("summary", "ir", "ir-train", "params", "dot", "onnx")
+EMITS = ("summary", "ir", "ir-train", "params", "plan", "triton", "dot", "onnx")
 RENDERED = (".svg", ".png", ".pdf")                # `--emit dot -o` suffixes drawn by Graphviz
 
 
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     c = spec_cmd("compile", "compile a spec and print what it became")
     c.add_argument("--emit", choices=EMITS, default="summary")
     c.add_argument("--batch", type=int, default=32, metavar="N",
-                   help="batch size for the summary's activation memory (default 32)")
+                   help="batch size for the summary's activation memory and for the kernel "
+                        "plan of --emit plan/triton (default 32)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout (required for "
                    "onnx; for dot, a .svg/.png/.pdf path is rendered with Graphviz)")
     c.add_argument("--checkpoint", metavar="CKPT",

@@ -18,7 +18,8 @@ def model_state_names(g: Graph) -> list[str]:
 
 def save(path: Path, g: Graph, state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Write the model's parameters and buffers to `path` (via a temporary file + rename)."""
-    tensors = {n: state[n].detach().to("cpu").contiguous() for n in model_state_names(g)}
+    # cloned: a backend may hold state as views of one flat buffer, which safetensors refuses
+    tensors = {n: state[n].detach().to("cpu").contiguous().clone() for n in model_state_names(g)}
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
