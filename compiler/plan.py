@@ -111,7 +111,8 @@ class Kernel:
     source: str = ""
     grid: tuple = ()
     args: list = field(default_factory=list)     # ("buf", Value) | ("int", n) | ("float", x)
-    consts: dict = field(default_factory=dict)
+    tunables: dict = field(default_factory=dict)  # constexpr name -> choices (autotuning)
+    config: dict = field(default_factory=dict)    # tuned constexpr values in force
     reads: list[Value] = field(default_factory=list)
     writes: list[Value] = field(default_factory=list)
 

@@ -72,8 +72,10 @@ class EwEmitter:
 class KernelCtx:
     """What a template sees while it writes one kernel."""
 
-    def __init__(self, plan, kernel, table: list[Arg]):
+    def __init__(self, plan, kernel, table: list[Arg], overrides: dict | None = None):
         self.p, self.k = plan, kernel
+        self.overrides = dict(overrides or {})
+        self.tunables: dict[str, tuple] = {}
         self.node = kernel.anchor
         self.attrs = kernel.anchor.attrs if kernel.anchor is not None else {}
         self.params: list[str] = []
@@ -134,6 +136,15 @@ class KernelCtx:
         self.params.append(f"{name}: tl.constexpr")
         self.launch.append(repr(value))
         return name
+
+    def tunable(self, name: str, default: int, choices) -> int:
+        """A constexpr the GPU autotuner may change (runtime/autotune.py): returns the value
+        in force (the default, fixed under the interpreter, or the tuned choice) so that
+        the template computes its grid from it."""
+        value = self.overrides.get(name, default)
+        self.tunables[name] = tuple(choices)
+        self.const(name, value)
+        return value
 
     def seed(self) -> str:
         """The step's dropout seed (an int32 device scalar the bookkeeping kernel advances)."""
@@ -256,9 +267,9 @@ class Rendered:
     table: list[Arg] = field(default_factory=list)
 
 
-def render_kernel(plan, k, table: list[Arg]) -> None:
+def render_kernel(plan, k, table: list[Arg], overrides: dict | None = None) -> None:
     from .templates import template
-    ctx = KernelCtx(plan, k, table)
+    ctx = KernelCtx(plan, k, table, overrides)
     template(k.family)(ctx)
     body = "\n".join(ctx.lines)
     sig = ", ".join(ctx.params)
@@ -268,13 +279,16 @@ def render_kernel(plan, k, table: list[Arg]) -> None:
     k.source = draft.replace("def KERNEL(", f"def {k.name}(", 1)
     k.grid = tuple(int(x) for x in ctx.grid)
     k.args = list(ctx.launch)
+    k.tunables = ctx.tunables
+    k.config = {n: ctx.overrides.get(n) for n in ctx.tunables if n in ctx.overrides}
 
 
-def render_plan(plan) -> str:
+def render_plan(plan, configs: dict[int, dict] | None = None) -> str:
+    """The module for `plan`; `configs` maps a kernel index to tuned constexpr values."""
     table: list[Arg] = []
     seen: dict[str, str] = {}
     for k in plan.kernels:
-        render_kernel(plan, k, table)
+        render_kernel(plan, k, table, (configs or {}).get(k.index))
         seen.setdefault(k.name, k.source)
     env = ", ".join(f"{a}={b}" for a, b in sorted(plan.env.items()))
     out = [HEADER.format(graph=plan.graph.name, env=env)]

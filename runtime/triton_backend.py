@@ -43,6 +43,7 @@ class Compiled:
     inputs: dict = field(default_factory=dict)  # input name -> static buffer (CUDA graphs)
     graph: object = None             # torch.cuda.CUDAGraph once captured
     runs: int = 0
+    tuned: bool = False
 
 
 class TritonProgram:
@@ -160,6 +161,8 @@ class TritonProgram:
         if plan.flat_state:
             self._load_state(state)
         inputs = {k: _as_input(v, self.graph, k, self.device) for k, v in inputs.items()}
+        if not c.tuned:
+            self._tune(c, state, inputs)
         if self.cuda_graphs and plan.flat_state:
             self._run_captured(c, state, inputs)
         else:
@@ -171,6 +174,23 @@ class TritonProgram:
             updates = {name: self._views[name] for name in self.graph.updates}
         fetched = [self._read(c, v, state, inputs).clone() for v in fetch]
         return outputs, updates, fetched
+
+    def _tune(self, c: Compiled, state: dict, inputs: dict) -> None:
+        """Autotune the plan's tunable kernels on its real buffers (GPU), then re-render."""
+        from . import autotune
+        from ..compiler.render import render_plan
+        c.tuned = True
+        if not autotune.enabled(self.device) or not any(k.tunables for k in c.plan.kernels):
+            return
+        t0 = time.perf_counter()
+        configs = autotune.tune(c.plan, self._bind(c, state, inputs), self.device)
+        if configs:
+            table = list(c.plan.table)
+            c.plan.module = render_plan(c.plan, configs)
+            assert c.plan.table == table, "tuning changed the argument table"
+            c.module, _, _ = kcache.load(c.plan.module, label=f"{self.graph.name}/tuned",
+                                         device=str(self.device))
+        self.compile_seconds += time.perf_counter() - t0
 
     def _run_captured(self, c: Compiled, state: dict, inputs: dict) -> None:
         """Warm up once, then capture the whole step as one CUDA graph and replay it."""

@@ -19,8 +19,9 @@ def render(ctx) -> None:
     n = ctx.int("n", total)
     c = ctx.int("C", ishape[1] if len(ishape) >= 2 else 1)
     inner = ctx.int("INNER", numel(ishape[2:]) if len(ishape) >= 2 else 1)
-    blk = ctx.const("BLOCK", BLOCK)
-    ctx.grid = (max(1, cdiv(total, BLOCK)),)
+    block = ctx.tunable("BLOCK", BLOCK, (256, 512, 1024, 2048))
+    blk = "BLOCK"
+    ctx.grid = (max(1, cdiv(total, block)),)
     ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * {blk} + tl.arange(0, {blk})")
     ctx.emit(f"mask = offs < {n}")
     ctx.emit(f"chan = (offs // {inner}) % {c}")
