@@ -395,6 +395,7 @@ class ZerosLike(Op):
 class Concat(Op):
     name = layer = "concat"
     triton = "copy"
+    triton_epilogue = True
     n_inputs = None
     args = (Arg("axis", 1, kind="int", doc="dimension to join along (1: channels/features)"),)
     doc = "Join tensors along a dimension (channels by default); other sizes must agree."
@@ -429,6 +430,8 @@ class Concat(Op):
 class Slice(Op):
     name = "slice"
     triton = "copy"
+    triton_prologue = (0,)                 # gy read with ctx.load: a chain before it is inlined
+    triton_epilogue = True
 
     def infer(self, ins, attrs):
         t, axis = ins[0], attrs["axis"]

@@ -31,6 +31,8 @@ class _Pool2d(Op):
             Arg("padding", 0, kind="int2", doc="implicit padding on each side"),
             Arg("ceil", False, kind="bool", doc="round the output size up (ceil_mode)"))
     what = ""
+    triton_prologue = (0,)                 # x read with ctx.load: a chain before it is inlined
+    triton_epilogue = True
 
     def attrs(self, bound, in_types):
         kernel = pair(bound["kernel"], f"{self.what} kernel")
@@ -71,6 +73,8 @@ class _Pool2d(Op):
 class _PoolBwd(Op):
     n_inputs = 2
     like = 1
+    triton_prologue = (0,)                 # gy read with ctx.load: a chain before it is inlined
+    triton_epilogue = True
 
 
 @register
@@ -139,6 +143,8 @@ class AvgPool2dBwd(_PoolBwd):
 class GlobalAvgPool(Op):
     name = "global_avg_pool"
     triton = "pool"
+    triton_prologue = (0,)                 # x read with ctx.load: a chain before it is inlined
+    triton_epilogue = True
     layer = "global_avgpool"
     doc = "Mean over all positions: [N, C, H, W] -> [N, C, 1, 1]; follow it with flatten."
 
@@ -173,6 +179,8 @@ class GlobalAvgPoolBwd(_PoolBwd):
 class UpsampleNearest(Op):
     name = "upsample_nearest"
     triton = "pool"
+    triton_prologue = (0,)                 # x read with ctx.load: a chain before it is inlined
+    triton_epilogue = True
     layer = "upsample"
     args = (Arg("scale", 2, kind="int", doc="integer scale factor for height and width"),)
     doc = "Nearest-neighbour upsampling by an integer factor: [N,C,H,W] -> [N,C,sH,sW]."
@@ -198,6 +206,8 @@ class UpsampleNearestBwd(Op):
 
     name = "upsample_nearest_bwd"
     triton = "pool"
+    triton_prologue = (0,)                 # gy read with ctx.load: a chain before it is inlined
+    triton_epilogue = True
 
     def infer(self, ins, attrs):
         n, c, h, w = ins[0].shape
