@@ -126,6 +126,7 @@ class Plan:
     graph: Graph
     training: bool
     env: dict[str, int]
+    target: str = "gpu"             # gpu | interpreter (which launch configurations to pick)
     nodes: list[Node] = field(default_factory=list)
     kernels: list[Kernel] = field(default_factory=list)
     inlined: dict[int, Node] = field(default_factory=dict)    # id(value) -> inlined producer
@@ -227,7 +228,7 @@ def _sinks(p: Plan) -> set[int]:
 def _ew_loadable(p: Plan, node: Node) -> bool:
     """Every input of an elementwise node is read with a known pattern at its output's index."""
     ishape = p.shape(node.outputs[0])
-    return all(pattern(p.shape(p.base(v)), ishape) is not None for v in node.inputs)
+    return all(pattern(p.shape(v), ishape) is not None for v in node.inputs)
 
 
 def inline_pass(p: Plan) -> Plan:
@@ -283,7 +284,8 @@ def fuse_pass(p: Plan) -> Plan:
             seen.add(id(v))
             prod = p.producer.get(id(v))
             if prod is not None and (id(prod) in p.remat or id(v) in p.inlined):
-                stack.extend(prod.inputs)
+                if get(prod.op).triton_loads:
+                    stack.extend(prod.inputs)
             else:
                 out.add(id(v))
         return out
@@ -331,10 +333,17 @@ def fuse_pass(p: Plan) -> Plan:
                 k = owner.get(id(p.base(v)))
                 if k is not None and iter_shape(k) == ishape and k not in cands:
                     cands.append(k)
+            # an epilogue sees the anchor's output 0 and its own chain, nothing else the
+            # kernel makes (batch statistics are written by other programs of the kernel)
+            cands = [k for k in cands if all(
+                owner.get(id(p.base(v))) is not k or k.anchor is None or
+                p.base(v) is k.anchor.outputs[0] or
+                any(p.base(v) is o for n in k.body for o in n.outputs) for v in node.inputs)]
             cands.sort(key=lambda k: -k.pos)
             target = next((k for k in cands if legal_move(k, at)), None)
             if target is None and not cands:         # horizontal: the latest same-shape kernel
-                same = [k for k in kernels if iter_shape(k) == ishape and not k.multi]
+                same = [k for k in kernels if iter_shape(k) == ishape and not k.multi and
+                        not any(owner.get(id(p.base(v))) is k for v in node.inputs)]
                 target = next((k for k in sorted(same, key=lambda k: -k.pos)
                                if legal_move(k, at)), None)
             if target is None and not cands:
@@ -495,6 +504,14 @@ def memory_pass(p: Plan) -> Plan:
         bufs[id(v)] = b
         poff += b.nbytes
     p.pinned_bytes = _align(poff)
+    # updates computed elementwise are written in place into their state
+    for name, v in g.updates.items():
+        v = p.base(v)
+        prod = p.producer.get(id(v))
+        if prod is not None and (prod.op in UPDATE_OPS or prod.op == "ema_update"
+                                 or id(prod) in p.remat):
+            bufs[id(v)] = Buffer(p.name(v), p.shape(v), v.type.dtype, "alias",
+                                 base=bufs[id(g.state[name])])
     arena: list[Buffer] = []
     for vid, v in vals.items():
         if vid in bufs:
@@ -584,7 +601,7 @@ def io_pass(p: Plan) -> Plan:
         k.reads = []
         seen: set[int] = set()
         inside = {id(o) for n in k.nodes() for o in n.outputs}
-        stack = [v for n in k.nodes() for v in n.inputs]
+        stack = [v for n in k.nodes() for v in n.inputs] + [v for _, v in k.scalar_updates]
         order: list[Value] = []
         while stack:
             v = p.base(stack.pop(0))
@@ -593,7 +610,8 @@ def io_pass(p: Plan) -> Plan:
             seen.add(id(v))
             prod = p.producer.get(id(v))
             if prod is not None and (id(prod) in p.remat or id(v) in p.inlined):
-                stack.extend(prod.inputs)
+                if get(prod.op).triton_loads:
+                    stack.extend(prod.inputs)
                 continue
             order.append(v)
         k.reads = order
@@ -621,9 +639,12 @@ PLAN = [("bind", bind_pass), ("inline", inline_pass), ("fuse", fuse_pass), ("io"
         ("layout", layout_pass), ("memory", memory_pass), ("render", render_pass)]
 
 
-def make_plan(graph: Graph, env: dict[str, int], *, training: bool) -> Plan:
+def make_plan(graph: Graph, env: dict[str, int], *, training: bool,
+              target: str = "gpu") -> Plan:
+    """The plan of `graph` at sizes `env`; `target` "interpreter" picks launch
+    configurations for Triton's CPU interpreter (few large programs)."""
     debug = int(os.environ.get("DLC_DEBUG", "0") or 0)
-    p = Plan(graph, training, dict(env))
+    p = Plan(graph, training, dict(env), target)
     for name, fn in PLAN:
         t0 = time.perf_counter()
         p = fn(p)
@@ -697,4 +718,6 @@ def _buf_text(p: Plan, v: Value) -> str:
         return f"{p.name(v)}[{shape}]@arena+{b.offset}"
     if b.where == "pinned":
         return f"{p.name(v)}[{shape}]@pinned+{b.offset}"
+    if b.where == "alias" and b.base is not None and b.base.where == "state":
+        return f"{p.name(v)}[{shape}]->{b.base.name}"
     return f"{p.name(v)}[{shape}]"

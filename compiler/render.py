@@ -137,11 +137,21 @@ class KernelCtx:
         self.launch.append(repr(value))
         return name
 
+    @property
+    def interpreted(self) -> bool:
+        """The plan runs in Triton's CPU interpreter (compiler/plan.py `target`)."""
+        return self.p.target == "interpreter"
+
     def tunable(self, name: str, default: int, choices) -> int:
         """A constexpr the GPU autotuner may change (runtime/autotune.py): returns the value
-        in force (the default, fixed under the interpreter, or the tuned choice) so that
-        the template computes its grid from it."""
-        value = self.overrides.get(name, default)
+        in force (the default on a GPU before tuning, the tuned choice, or under the
+        interpreter the largest choice) so that the template computes its grid from it."""
+        if name in self.overrides:
+            value = self.overrides[name]
+        elif self.p.target == "interpreter":      # few, large programs: the interpreter's
+            value = max((default, *choices))      # cost is per program, not per element
+        else:
+            value = default
         self.tunables[name] = tuple(choices)
         self.const(name, value)
         return value
@@ -194,12 +204,19 @@ class KernelCtx:
         """The value of v at an element of an iteration over `ishape` (a load, an inlined
         chain, or a recomputed remat node)."""
         cache = {} if cache is None else cache
+        vshape = self.p.shape(v)                  # a view is read in its own shape
         v = self.p.base(v)
-        if id(v) in cache:
+        if (id(v), vshape) in cache:
+            return cache[(id(v), vshape)]
+        if id(v) in cache and self.p.shape(v) == vshape:
             return cache[id(v)]
         prod = self.p.producer.get(id(v))
         if prod is not None and (id(prod) in self.p.remat or id(v) in self.p.inlined):
-            ins = [self.value(x, ishape, offs, chan, mask, other, cache) for x in prod.inputs]
+            if get(prod.op).triton_loads:
+                ins = [self.value(x, ishape, offs, chan, mask, other, cache)
+                       for x in prod.inputs]
+            else:                                 # ones_like(x): x gives only a shape
+                ins = ["0.0"] * len(prod.inputs)
             saved = self.cur_offs, self.cur_mask
             self.cur_offs, self.cur_mask = offs, mask
             outs = get(prod.op).triton_ew(EwEmitter(self, prod), ins, prod.attrs)
@@ -207,7 +224,7 @@ class KernelCtx:
             for o, name in zip(prod.outputs, outs):
                 cache[id(o)] = name
             return cache[id(v)]
-        pat = _pattern(self.p.shape(v), ishape)
+        pat = _pattern(vshape, ishape)
         ptr = self.ptr(v)
         if pat == "full":
             name = self.let(f"tl.load({ptr} + {offs}, mask={mask}, other={other})")
@@ -216,9 +233,9 @@ class KernelCtx:
         elif pat == "scalar":
             name = self.let(f"tl.load({ptr})")
         else:
-            raise AssertionError(f"{self.p.name(v)}: no load pattern for {self.p.shape(v)} "
+            raise AssertionError(f"{self.p.name(v)}: no load pattern for {vshape} "
                                  f"in {ishape}")
-        cache[id(v)] = name
+        cache[(id(v), vshape)] = name
         return name
 
     def compute(self, nodes, known: dict, ishape: tuple, offs: str, chan: str, mask: str) -> None:

@@ -70,7 +70,8 @@ class TritonProgram:
         c = self._compiled.get(key)
         if c is None:
             t0 = time.perf_counter()
-            plan = make_plan(self.graph, env, training=self.training)
+            target = "interpreter" if _interpreted() else "gpu"
+            plan = make_plan(self.graph, env, training=self.training, target=target)
             label = f"{self.graph.name}[{','.join(f'{k}={v}' for k, v in key)}]"
             module, hit, why = kcache.load(plan.module, label=label, device=str(self.device))
             if hit:
@@ -213,16 +214,18 @@ class TritonProgram:
 
     def _read(self, c: Compiled, v, state: dict, inputs: dict) -> torch.Tensor:
         plan = c.plan
+        shape = plan.shape(v)                 # a view is read back in its own shape
         v = plan.base(v)
         if v.state is not None:
-            return self._views.get(v.state.name, state.get(v.state.name))
+            return self._views.get(v.state.name, state.get(v.state.name)).reshape(shape)
         if v.input_name is not None:
-            return (c.inputs or inputs)[v.input_name]
+            return (c.inputs or inputs)[v.input_name].reshape(shape)
         b = plan.buffers[id(v)]
         while b.where == "alias":
             b = b.base
+        if b.where == "state":
+            return self._views.get(b.name[1:], state.get(b.name[1:])).reshape(shape)
         dtype = TORCH_DTYPES[b.dtype]
-        shape = plan.shape(v)
         return c.arena[b.offset:b.offset + b.nbytes].view(dtype).view(shape)
 
     def profile(self, state: dict, inputs: dict) -> list:
@@ -247,6 +250,10 @@ class TritonProgram:
             covers = ", ".join(n.op for n in k.nodes()) + (f" [{', '.join(scopes)}]" if scopes else "")
             times.append(KernelTime(k.name, covers, time.perf_counter() - t0))
         return times
+
+
+def _interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
 def _values_by_id(plan) -> dict:

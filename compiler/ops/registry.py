@@ -64,6 +64,7 @@ class Op:
     triton: str | None = None
     triton_prologue: tuple[int, ...] = ()   # anchor inputs that accept an inlined chain
     triton_epilogue: bool = False           # anchor output 0 goes through the epilogue hook
+    triton_loads: bool = True               # False: inputs give only a shape (ones_like)
 
     def attrs(self, bound: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
         """Turn bound language arguments into node attributes (defaults filled in)."""

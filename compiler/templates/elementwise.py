@@ -7,7 +7,19 @@ from __future__ import annotations
 
 from . import cdiv, numel
 
-BLOCK = 1024
+BLOCK = 1024                       # GPU default before tuning
+CHOICES = (256, 512, 1024, 2048)
+INTERPRETER_BLOCK = 16384          # the interpreter pays per program: few, long ones
+
+
+def _block(ctx, total: int) -> int:
+    if ctx.interpreted:
+        return ctx.tunable("BLOCK", min(INTERPRETER_BLOCK, _pow2(total)), CHOICES)
+    return ctx.tunable("BLOCK", BLOCK, CHOICES)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(4, (max(n, 1) - 1).bit_length())
 
 
 def render(ctx) -> None:
@@ -19,7 +31,7 @@ def render(ctx) -> None:
     n = ctx.int("n", total)
     c = ctx.int("C", ishape[1] if len(ishape) >= 2 else 1)
     inner = ctx.int("INNER", numel(ishape[2:]) if len(ishape) >= 2 else 1)
-    block = ctx.tunable("BLOCK", BLOCK, (256, 512, 1024, 2048))
+    block = _block(ctx, total)
     blk = "BLOCK"
     ctx.grid = (max(1, cdiv(total, block)),)
     ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * {blk} + tl.arange(0, {blk})")
@@ -57,9 +69,10 @@ def _multi(ctx) -> None:
     k, p = ctx.k, ctx.p
     nodes = k.multi
     total = sum(numel(ctx.shape(n.outputs[0])) for n in nodes)
-    blk = ctx.const("BLOCK", BLOCK if total else 16)
+    block = _block(ctx, total) if total else ctx.const("BLOCK", 16) and 16
+    blk = "BLOCK"
     n = ctx.int("n", total)
-    ctx.grid = (max(1, cdiv(total, BLOCK)),)
+    ctx.grid = (max(1, cdiv(total, block)),)
     ctx.emit(f"pid = tl.program_id(0)")
     ctx.emit(f"offs = pid.to(tl.int64) * {blk} + tl.arange(0, {blk})")
     ctx.emit(f"mask = offs < {n}")
