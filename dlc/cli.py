@@ -1,4 +1,4 @@
-"""The `dlc` command line: check, compile, train, eval, predict, convert.
+"""The `dlc` command line: check, compile, train, eval, predict, bench, convert.
 
 Exit codes: 0 success, 2 a user error (spec, arguments, data), 1 anything else,
 130 interrupted.  Set DLC_DEBUG=1 to see the traceback of an internal error.
@@ -65,6 +65,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--output", required=True, metavar="Y.npy")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
+    c = spec_cmd("bench", "time the training step (and inference) of a spec on a backend")
+    c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
+    c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    c.add_argument("--batch", type=int, metavar="N",
+                   help="examples per step (default: the spec's train batch)")
+    c.add_argument("--steps", type=int, default=20, metavar="K",
+                   help="timed steps; the median is reported (default 20)")
+    c.add_argument("--warmup", type=int, default=3, metavar="W",
+                   help="untimed steps before the timed ones (default 3)")
+    c.add_argument("--no-infer", dest="infer", action="store_false",
+                   help="time the training step only")
+    c.add_argument("--compare", action="store_true",
+                   help="also time the same network in PyTorch: eager, and on a GPU "
+                        "torch.compile (default, reduce-overhead) and a captured CUDA graph")
+    c.add_argument("--seed", type=int, default=0, help="initial weights and synthetic data")
+    c.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     c = spec_cmd("convert", "convert a PyTorch state dict into a dlc checkpoint for a spec")
     c.add_argument("--from", dest="source", required=True, metavar="STATE_DICT",
                    help=".safetensors, or .pt/.pth read with torch.load(weights_only=True)")
@@ -205,6 +221,24 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import json
+    from .runtime.bench import bench, check_args, format_report
+    check_args(args.batch, args.steps, args.warmup)
+    out = Path(args.json) if args.json else None
+    if out is not None and not out.parent.is_dir():
+        raise UserError(f"cannot write {out}: the folder {out.parent} does not exist")
+    spec = _compile(args)
+    result = bench(spec, backend=args.backend, device=args.device, batch=args.batch,
+                   steps=args.steps, warmup=args.warmup, infer=args.infer,
+                   compare=args.compare, seed=args.seed)
+    sys.stdout.write(format_report(result))
+    if out is not None:
+        _write_text(out, json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}")
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .runtime.convert import convert
     spec = _compile(args)
@@ -220,7 +254,7 @@ def cmd_convert(args) -> int:
 
 
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eval": cmd_eval,
-            "predict": cmd_predict, "convert": cmd_convert}
+            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert}
 
 
 def main(argv: list[str] | None = None) -> int:

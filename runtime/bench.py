@@ -1,0 +1,676 @@
+"""`dlc bench`: time a spec's training step (and inference) on a backend, and optionally
+the same network as PyTorch baselines in the same process.
+
+    bench(spec, backend="auto", device=None, batch=None, steps=20, warmup=3,
+          infer=True, compare=False, seed=0) -> dict
+
+What is measured, on synthetic data of the model's input shape (labels drawn in the range
+of the output width for cross-entropy, normal targets otherwise):
+
+    train     median / min / max ms per training step, samples/s, peak device memory
+              (torch.cuda.max_memory_allocated over the timed steps; None on the CPU),
+              compile time cold (program built and its first step run with an empty
+              kernel cache: a fresh $DLC_CACHE_DIR) and warm (the same again, with that
+              cache populated), and a per-kernel breakdown from `program.profile`
+              aggregated by what each kernel covers, sorted by time, with its share
+    infer     the inference graph's median ms per batch, samples/s, first-run time
+    compare   (--compare) PyTorch baselines of the same network: `EagerNet`, an nn.Module
+              initialised from the same dlc state whose forward runs the spec's
+              train-lowered forward graph (with the loss, no autodiff or optimizer) through
+              the reference ops, backward by autograd, and the matching torch.optim
+              optimizer; then on a GPU `torch.compile` of that step (default and
+              reduce-overhead) and the whole eager step captured as one CUDA graph. Each
+              gets its median ms per step and dlc's time ratio to it.
+
+On CUDA each step is timed with a pair of `torch.cuda.Event`s and the device is
+synchronised only around the timed region; on the CPU with `time.perf_counter`.
+Nothing here asserts a ratio; they are reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import inspect
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from ..compiler.pipeline import (PassContext, add_loss, build_infer_graph, build_train_graph,
+                                 dce, label_type, lower_train, run, verify_pass)
+from ..spec.diagnostics import UserError
+from .backends import make_program, resolve
+from .state import init_state
+
+FORWARD = [("lower-train", lower_train), ("add-loss", add_loss), ("dce", dce),
+           ("verify", verify_pass)]
+BASELINES = ("eager", "torch.compile", "torch.compile reduce-overhead", "cuda graph")
+
+
+# -- setup -------------------------------------------------------------------------------------
+
+@dataclass
+class Setup:
+    """A spec made ready to time: its graphs, backend, device, batch and synthetic data."""
+
+    spec: object
+    train_graph: object
+    infer_graph: object | None
+    backend: str
+    device: str
+    batch: int
+    inputs: dict                       # the train graph's inputs: %x..., %y, %lr
+    seed: int = 0
+    notes: list = field(default_factory=list)
+
+    @property
+    def model_inputs(self) -> dict:
+        return {v.input_name: self.inputs[v.input_name] for v in self.spec.graph.inputs}
+
+    @property
+    def lr(self) -> float:
+        return float(self.spec.config.optimizer.args["lr"])
+
+
+def check_args(batch, steps: int, warmup: int) -> None:
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise UserError(f"--batch must be a whole number of at least 1, got {batch}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise UserError(f"--warmup must not be negative, got {warmup}")
+
+
+def _batch_size(spec, batch: int | None) -> int:
+    if batch is not None:
+        return batch
+    b = spec.config.batch
+    if b == "full":
+        raise UserError("the spec trains with `batch full` (the whole data set per step); "
+                        "bench needs a batch size", spec.config.spans.get("batch"),
+                        hint="give one with --batch N")
+    return int(b)
+
+
+def _check_batch_norm(spec, batch: int) -> None:
+    for node in spec.graph.nodes:
+        if node.op == "batch_norm":
+            t = node.inputs[0].type
+            if batch * (t.per_sample() or 1) // t.shape[1] < 2:
+                raise UserError("batch norm in training needs more than one value per channel, "
+                                f"but a batch of {batch} gives {node.scope} one", node.loc,
+                                hint="use --batch 2 or more")
+
+
+def _concrete(shape, what: str) -> tuple:
+    if any(not isinstance(d, int) for d in shape):
+        raise UserError(f"bench needs concrete sizes, but {what} is "
+                        f"[{', '.join(str(d) for d in shape)}] per example",
+                        hint="fix the size symbols with --set model.NAME=VALUE")
+    return tuple(shape)
+
+
+def synthetic_inputs(spec, batch: int, device, seed: int = 0) -> dict:
+    """The train graph's inputs: random model inputs, labels in range of the output width
+    (cross-entropy) or normal targets, and the optimizer's learning rate as %lr."""
+    gen = torch.Generator().manual_seed(seed)
+    g = spec.graph
+    inputs = {}
+    for v in g.inputs:
+        shape = _concrete(v.type.shape[1:], f"the input {v.input_name}")
+        if v.type.dtype == "f32":
+            inputs[v.input_name] = torch.randn((batch, *shape), generator=gen)
+        else:
+            inputs[v.input_name] = torch.zeros((batch, *shape), dtype=torch.int64)
+    out = g.outputs[0].type
+    if spec.config.loss.name == "cross_entropy":
+        classes = out.shape[1] if out.rank == 2 and isinstance(out.shape[1], int) else None
+        if classes is None:
+            raise UserError(f"cross_entropy needs [N, classes] outputs, the model gives {out}")
+        inputs["y"] = torch.randint(0, classes, (batch,), generator=gen)
+    else:
+        shape = _concrete(label_type(g, spec.config.loss.name).shape[1:], "the target")
+        inputs["y"] = torch.randn((batch, *shape), generator=gen)
+    inputs["lr"] = torch.tensor(float(spec.config.optimizer.args["lr"]), dtype=torch.float32)
+    return {k: t.to(device) for k, t in inputs.items()}
+
+
+def prepare(spec, *, backend: str = "auto", device: str | None = None, batch: int | None = None,
+            infer: bool = True, seed: int = 0) -> Setup:
+    batch = _batch_size(spec, batch)
+    check_args(batch, 1, 0)
+    _check_batch_norm(spec, batch)
+    train = build_train_graph(spec.graph, spec.config)
+    inf = build_infer_graph(spec.graph, spec.config) if infer else None
+    backend, device = resolve(backend, device, [train] + ([inf] if inf is not None else []))
+    inputs = synthetic_inputs(spec, batch, device, seed)
+    return Setup(spec, train, inf, backend, device, batch, inputs, seed)
+
+
+# -- timing ------------------------------------------------------------------------------------
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, *, steps: int, warmup: int, device) -> dict:
+    """Run `step()` warmup times, then time `steps` calls: seconds per step, the wall time of
+    the timed loop, and the peak device memory over it (None off CUDA)."""
+    for _ in range(warmup):
+        step()
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(steps)]
+        t0 = time.perf_counter()
+        for start, end in events:
+            start.record()
+            step()
+            end.record()
+        torch.cuda.synchronize(dev)
+        wall = time.perf_counter() - t0
+        seconds = [s.elapsed_time(e) / 1e3 for s, e in events]
+        peak = int(torch.cuda.max_memory_allocated(dev))
+    else:
+        seconds = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step()
+            seconds.append(time.perf_counter() - t0)
+        wall, peak = sum(seconds), None
+    return {"seconds": seconds, "wall": wall, "peak": peak}
+
+
+def summarize(timing: dict, batch: int) -> dict:
+    s = timing["seconds"]
+    med = statistics.median(s)
+    return {"median_ms": med * 1e3, "min_ms": min(s) * 1e3, "max_ms": max(s) * 1e3,
+            "wall_ms_per_step": timing["wall"] / len(s) * 1e3,
+            "samples_per_s": batch / med if med > 0 else None,
+            "peak_memory_bytes": timing["peak"], "step_ms": [x * 1e3 for x in s]}
+
+
+@contextlib.contextmanager
+def kernel_cache(path: str):
+    """Kernel and Triton caches in `path` for the duration, and no generated kernel module
+    left loaded, so a program built inside really reads (or fills) that cache."""
+    keys = ("DLC_CACHE_DIR", "TRITON_CACHE_DIR")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ["DLC_CACHE_DIR"] = path
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(path, "triton")
+    _forget_kernel_modules()
+    try:
+        yield path
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _forget_kernel_modules() -> None:
+    for name in [m for m in sys.modules if m.startswith("dlc_kernels_")]:
+        del sys.modules[name]
+
+
+def _first_step(setup: Setup, state: dict, training: bool = True):
+    """Build the program and run its first step: (program, seconds, outputs, updates)."""
+    graph = setup.train_graph if training else setup.infer_graph
+    inputs = setup.inputs if training else setup.model_inputs
+    _sync(setup.device)
+    t0 = time.perf_counter()
+    program = make_program(graph, training=training, backend=setup.backend,
+                           device=setup.device, seed=setup.seed)
+    with torch.no_grad():
+        outs, updates, _ = program.run(state, inputs)
+    _sync(setup.device)
+    return program, time.perf_counter() - t0, outs, updates
+
+
+def kernel_breakdown(runs: list[list]) -> tuple[list[dict], float]:
+    """KernelTimes of one or more profiled steps, aggregated by what they cover (mean per
+    step), sorted by time: rows of covers, ms, share, kernels; and the total ms."""
+    agg: dict[str, list] = {}
+    for times in runs:
+        for kt in times:
+            row = agg.setdefault(kt.covers or f"({kt.name})", [0.0, 0, kt.name])
+            row[0] += kt.seconds / len(runs)
+            row[1] += 1
+    total = sum(r[0] for r in agg.values()) * 1e3
+    rows = [{"covers": covers, "ms": s * 1e3, "share": (s * 1e3 / total) if total else 0.0,
+             "kernels": n // len(runs), "name": name}
+            for covers, (s, n, name) in agg.items()]
+    rows.sort(key=lambda r: -r["ms"])
+    return rows, total
+
+
+def bench_dlc_train(setup: Setup, *, steps: int, warmup: int, profile_runs: int = 3) -> dict:
+    """dlc's training step: cold and warm compile, timed steps, memory, kernel breakdown.
+
+    The timed program's untimed steps are its first (the warm compile), a second whose loss
+    is read (the first two losses are kept for the baselines' same-network check), and
+    `warmup - 2` more."""
+    init = init_state(setup.train_graph, setup.seed, setup.device)
+    cache = tempfile.mkdtemp(prefix="dlc-bench-cache-")
+    try:
+        with kernel_cache(cache):
+            cold, cold_s, _, _ = _first_step(setup, dict(init))
+            cold_compile = getattr(cold, "compile_seconds", None)
+            del cold
+            gc.collect()
+            program, warm_s, outs, updates = _first_step(setup, dict(init))
+        state = {**init, **updates}
+        losses = [float(outs[0])]
+
+        def step():
+            _, upd, _ = program.run(state, setup.inputs)
+            state.update(upd)
+
+        with torch.no_grad():
+            outs, upd, _ = program.run(state, setup.inputs)     # its loss: after one update
+            state.update(upd)
+            losses.append(float(outs[0]))
+            timing = time_steps(step, steps=steps, warmup=max(warmup - 2, 0),
+                                device=setup.device)
+            profiles = [program.profile(state, setup.inputs) for _ in range(max(profile_runs, 1))]
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+    kernels, total = kernel_breakdown(profiles)
+    return {**summarize(timing, setup.batch), "compile_cold_s": cold_s, "compile_warm_s": warm_s,
+            "backend_compile_cold_s": cold_compile,
+            "backend_compile_warm_s": getattr(program, "compile_seconds", None),
+            "launches_per_step": getattr(program, "launches_per_step", None),
+            "first_losses": losses, "profile_total_ms": total, "kernels": kernels}
+
+
+def bench_dlc_infer(setup: Setup, *, steps: int, warmup: int) -> dict:
+    state = init_state(setup.spec.graph, setup.seed, setup.device)
+    program, first_s, _, _ = _first_step(setup, state, training=False)
+
+    def step():
+        program.run(state, setup.model_inputs)
+
+    with torch.no_grad():
+        timing = time_steps(step, steps=steps, warmup=warmup, device=setup.device)
+    return {**summarize(timing, setup.batch), "first_run_s": first_s,
+            "launches_per_step": getattr(program, "launches_per_step", None)}
+
+
+# -- the PyTorch baselines ---------------------------------------------------------------------
+
+def forward_graph(spec):
+    """The spec's training-mode forward graph with its loss (running-statistics updates
+    included), without autodiff or the optimizer: outputs (loss, model outputs...)."""
+    return run(FORWARD, spec.graph, PassContext(spec.config, f"{spec.graph.name}.forward",
+                                                training=True))
+
+
+class EagerNet(torch.nn.Module):
+    """A graph as an nn.Module: trainable state as parameters, the rest as buffers, and a
+    forward that runs the graph's nodes in order through the reference ops' forwards.
+    `forward(inputs)` returns the loss (the graph's first output) and writes the graph's
+    state updates (running statistics) into the buffers, as nn.BatchNorm does."""
+
+    def __init__(self, graph, state: dict, *, device, seed: int = 0):
+        super().__init__()
+        from ..compiler.lower import live_nodes
+        from ..compiler.ops import ExecContext, get
+        self.params = torch.nn.ParameterList()
+        self.names: dict[str, tuple[str, object]] = {}
+        slots: dict[int, int] = {}
+
+        def slot(v) -> int:
+            return slots.setdefault(id(v), len(slots))
+
+        self._state = []
+        for name, v in graph.state.items():
+            t = state[name].detach().clone().to(device)
+            if v.state.trainable:
+                self.params.append(torch.nn.Parameter(t))
+                key = ("p", len(self.params) - 1)
+            else:
+                key = ("b", f"_buffer{len(self._state)}")
+                self.register_buffer(key[1], t)
+            self.names[name] = key
+            self._state.append((slot(v), key))
+        self._inputs = [(v.input_name, slot(v)) for v in graph.inputs]
+        self._nodes = []
+        for node in live_nodes(graph):
+            ins = [slot(v) for v in node.inputs]
+            self._nodes.append((get(node.op).forward, ins, [slot(o) for o in node.outputs],
+                                node.attrs))
+        self._loss = slot(graph.outputs[0])
+        self._updates = [(self.names[name], slot(v)) for name, v in graph.updates.items()]
+        self._size = len(slots)
+        gen = torch.Generator(device=torch.device(device)).manual_seed(seed)
+        self.ctx = ExecContext(training=True, generator=gen)
+
+    def tensor(self, key):
+        kind, k = key
+        return self.params[k] if kind == "p" else getattr(self, k)
+
+    def named_state(self) -> dict:
+        return {name: self.tensor(key) for name, key in self.names.items()}
+
+    def forward(self, inputs: dict):
+        env = [None] * self._size
+        for name, s in self._inputs:
+            env[s] = inputs[name]
+        for s, key in self._state:
+            env[s] = self.tensor(key)
+        for fwd, ins, outs, attrs in self._nodes:
+            res = fwd([env[i] for i in ins], attrs, self.ctx)
+            for o, t in zip(outs, res):
+                env[o] = t
+        with torch.no_grad():
+            for key, s in self._updates:
+                self.tensor(key).copy_(env[s])
+        return env[self._loss]
+
+
+def torch_optimizer(call, params, *, capturable: bool = False):
+    """The torch.optim optimizer for a dlc `optimizer` setting (the mapping that
+    tests/runtime/test_optimizers.py checks step for step)."""
+    a, name = call.args, call.name
+    optim = torch.optim
+    if name == "sgd":
+        cls, kw = optim.SGD, {k: a[k] for k in ("momentum", "dampening", "nesterov",
+                                                "weight_decay")}
+    elif name in ("adam", "adamw"):
+        cls = optim.Adam if name == "adam" else optim.AdamW
+        kw = {"betas": (a["beta1"], a["beta2"]), "eps": a["eps"],
+              "weight_decay": a["weight_decay"]}
+    elif name == "rmsprop":
+        cls, kw = optim.RMSprop, {k: a[k] for k in ("alpha", "eps", "momentum", "centered",
+                                                    "weight_decay")}
+    elif name == "adagrad":
+        cls, kw = optim.Adagrad, {"lr_decay": a["lr_decay"], "eps": a["eps"],
+                                  "initial_accumulator_value": a["initial_accumulator"],
+                                  "weight_decay": a["weight_decay"]}
+    elif name == "adadelta":
+        cls, kw = optim.Adadelta, {k: a[k] for k in ("rho", "eps", "weight_decay")}
+    else:
+        raise UserError(f"no torch.optim counterpart for optimizer {name}")
+    if capturable and "capturable" in inspect.signature(cls.__init__).parameters:
+        kw["capturable"] = True
+    return cls(list(params), lr=float(a["lr"]), **kw)
+
+
+def eager_baseline(setup: Setup, *, capturable: bool = False, autocast=None,
+                   channels_last: bool = False, init: dict | None = None):
+    """(module, optimizer, step, inputs): the PyTorch eager training step of the same network
+    from the same initial state. `autocast` is a dtype to run the forward under
+    torch.autocast (bf16); `channels_last` converts 4-d weights and inputs."""
+    spec = setup.spec
+    if init is None:
+        init = init_state(setup.train_graph, setup.seed, setup.device)
+    module = EagerNet(forward_graph(spec), init, device=setup.device, seed=setup.seed)
+    inputs = {k: v for k, v in setup.inputs.items() if k != "lr"}
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+        inputs = {k: (v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v)
+                  for k, v in inputs.items()}
+    opt = torch_optimizer(spec.config.optimizer, module.parameters(), capturable=capturable)
+    device_type = torch.device(setup.device).type
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        if autocast is not None:
+            with torch.autocast(device_type, dtype=autocast, cache_enabled=False):
+                loss = module(inputs)
+        else:
+            loss = module(inputs)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return module, opt, step, inputs
+
+
+def loss_check(setup: Setup, dlc_losses: list[float]) -> dict:
+    """The eager baseline's first losses from the dlc initial state and batch (the first is
+    the initial loss, the second follows one optimizer step) beside dlc's."""
+    _, _, step, _ = eager_baseline(setup)
+    eager = [float(step().detach()) for _ in range(len(dlc_losses))]
+    diff = max(abs(a - b) for a, b in zip(eager, dlc_losses))
+    return {"dlc": dlc_losses, "eager": eager, "max_abs_diff": diff}
+
+
+def _capture_cuda_graph(step, device, generator=None):
+    """Warm the eager step up on a side stream, then capture it whole and return a replay.
+    `generator`: a CUDA generator the step draws from (dropout masks), registered with the
+    graph so that every replay advances it."""
+    dev = torch.device(device)
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    torch.cuda.synchronize(dev)
+    graph = torch.cuda.CUDAGraph()
+    if generator is not None:
+        graph.register_generator_state(generator)
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
+def run_baseline(setup: Setup, name: str, *, steps: int, warmup: int, autocast=None,
+                 channels_last: bool = False) -> dict:
+    """One baseline's timing (or the reason it was skipped or failed)."""
+    gpu = torch.device(setup.device).type == "cuda"
+    if name != "eager" and not gpu:
+        why = ("torch.compile is too slow to be worth it on the CPU" if "compile" in name
+               else "CUDA graphs need a GPU")
+        return {"name": name, "skipped": f"GPU only: {why}"}
+    try:
+        module, _, step, _ = eager_baseline(setup, capturable=(name == "cuda graph"),
+                                            autocast=autocast, channels_last=channels_last)
+        t0 = time.perf_counter()
+        if name == "eager":
+            fn = step
+        elif name == "cuda graph":
+            random = any(n.op == "dropout_mask" for n in setup.train_graph.nodes)
+            fn = _capture_cuda_graph(step, setup.device,
+                                     module.ctx.generator if random else None)
+        else:
+            mode = "reduce-overhead" if "reduce-overhead" in name else None
+            fn = torch.compile(step, mode=mode)
+        fn()                                          # compiles (torch.compile) or warms up
+        _sync(setup.device)
+        first = time.perf_counter() - t0
+        timing = time_steps(fn, steps=steps, warmup=max(warmup - 1, 0), device=setup.device)
+        return {"name": name, **summarize(timing, setup.batch), "first_call_s": first}
+    except Exception as e:                            # noqa: BLE001 — a baseline may not work
+        return {"name": name, "failed": f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+                if str(e) else type(e).__name__}
+    finally:
+        if "compile" in name:
+            import importlib                          # drop compiled code and its graph pools
+            importlib.import_module("torch._dynamo").reset()
+        gc.collect()
+        if gpu:
+            torch.cuda.empty_cache()
+
+
+def ratios(dlc_ms: float | None, baselines: list[dict]) -> dict | None:
+    """dlc's time over each timed baseline's (below 1: dlc is faster), and over the best."""
+    timed = [b for b in baselines if "median_ms" in b]
+    for b in timed:
+        b["dlc_over_baseline"] = dlc_ms / b["median_ms"] if dlc_ms and b["median_ms"] else None
+    if not timed:
+        return None
+    best = min(timed, key=lambda b: b["median_ms"])
+    return {"name": best["name"], "median_ms": best["median_ms"],
+            "dlc_over_best": dlc_ms / best["median_ms"] if dlc_ms and best["median_ms"] else None}
+
+
+def compare_baselines(setup: Setup, *, steps: int, warmup: int, names=BASELINES,
+                      autocast=None, channels_last: bool = False) -> list[dict]:
+    return [run_baseline(setup, n, steps=steps, warmup=warmup, autocast=autocast,
+                         channels_last=channels_last) for n in names]
+
+
+# -- the whole benchmark -----------------------------------------------------------------------
+
+def bench(spec, *, backend: str = "auto", device: str | None = None, batch: int | None = None,
+          steps: int = 20, warmup: int = 3, infer: bool = True, compare: bool = False,
+          seed: int = 0, profile_runs: int = 3) -> dict:
+    """Time `spec`'s training step (and inference) on a backend; see the module docstring."""
+    check_args(batch, steps, warmup)
+    setup = prepare(spec, backend=backend, device=device, batch=batch, infer=infer, seed=seed)
+    gpu = torch.device(setup.device).type == "cuda"
+    result = {
+        "spec": str(spec.path), "model": spec.graph.name, "params": spec.num_params(),
+        "backend": setup.backend, "device": setup.device,
+        "gpu": torch.cuda.get_device_name(setup.device) if gpu else None,
+        "torch": str(torch.__version__), "batch": setup.batch, "steps": steps,
+        "warmup": warmup, "optimizer": str(spec.config.optimizer), "loss": spec.config.loss.name,
+        "notes": [],
+    }
+    if not gpu:
+        result["notes"].append("CPU: no device memory figures; times from time.perf_counter")
+    result["train"] = bench_dlc_train(setup, steps=steps, warmup=warmup,
+                                      profile_runs=profile_runs)
+    result["infer"] = bench_dlc_infer(setup, steps=steps, warmup=warmup) if infer else None
+    result["compare"] = None
+    if compare:
+        baselines = compare_baselines(setup, steps=steps, warmup=warmup)
+        result["compare"] = {
+            "baselines": baselines,
+            "best": ratios(result["train"]["median_ms"], baselines),
+            "loss_check": loss_check(setup, result["train"]["first_losses"][:2]),
+        }
+        skipped = [b["name"] for b in baselines if "skipped" in b]
+        if skipped:
+            result["notes"].append(f"skipped off the GPU: {', '.join(skipped)}")
+    return result
+
+
+# -- dlc train-style start to the first finished step (run in a fresh process) ------------------
+
+def first_step(spec_path: str, sets=(), *, backend: str = "auto", device: str | None = None,
+               batch: int | None = None, seed: int = 0) -> dict:
+    """What `dlc train` does before its first step finishes (compile the spec, build the
+    train, evaluation and inference graphs, resolve the backend, initialise state, make the
+    train program and run it once), with a synthetic batch instead of the data set; seconds
+    of each part. Meant for a fresh process, as a user would start one."""
+    from ..api import compile_spec
+    from ..compiler.pipeline import build_eval_graph
+    t0 = time.perf_counter()
+    spec = compile_spec(spec_path, list(sets))
+    batch = _batch_size(spec, batch)
+    _check_batch_norm(spec, batch)
+    train = build_train_graph(spec.graph, spec.config)
+    others = [build_infer_graph(spec.graph, spec.config),
+              build_eval_graph(spec.graph, spec.config)]
+    backend, device = resolve(backend, device, [train, *others])
+    state = init_state(train, seed, device)
+    program = make_program(train, training=True, backend=backend, device=device, seed=seed)
+    inputs = synthetic_inputs(spec, batch, device, seed)
+    t1 = time.perf_counter()
+    (loss, *_), updates, _ = program.run(state, inputs)
+    state.update(updates)
+    loss = float(loss)                               # the step is finished when its loss is read
+    t2 = time.perf_counter()
+    return {"backend": backend, "device": device, "batch": batch,
+            "setup_s": t1 - t0, "first_step_s": t2 - t1, "loss": loss,
+            "backend_compile_s": getattr(program, "compile_seconds", None),
+            "cache_hits": getattr(program, "cache_hits", None),
+            "cache_misses": (len(program.cache_misses) if hasattr(program, "cache_misses")
+                             else None)}
+
+
+# -- the report --------------------------------------------------------------------------------
+
+def _ms(x) -> str:
+    return "-" if x is None else f"{x:,.3f}" if x < 10 else f"{x:,.1f}"
+
+
+def _mem(b) -> str:
+    return "-" if b is None else f"{b / 2**20:,.1f} MiB"
+
+
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.rjust(w) if i in right else c.ljust(w)
+                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+
+
+def format_report(r: dict, top: int = 12) -> str:
+    t = r["train"]
+    lines = [f"dlc bench {r['spec']}: {r['model']} ({r['params']:,} parameters), "
+             f"{r['backend']} on {r['gpu'] or r['device']}, batch {r['batch']}, "
+             f"{r['steps']} timed steps after {r['warmup']} warm-up, {r['optimizer']}", ""]
+    rows = [["", "median ms", "min ms", "max ms", "samples/s", "peak memory"]]
+    for name, s in (("train step", t), ("inference", r.get("infer"))):
+        if s:
+            rows.append([name, _ms(s["median_ms"]), _ms(s["min_ms"]), _ms(s["max_ms"]),
+                         f"{s['samples_per_s']:,.0f}" if s["samples_per_s"] else "-",
+                         _mem(s["peak_memory_bytes"])])
+    lines += _table(rows, {1, 2, 3, 4, 5})
+    lines.append("")
+    lines.append(f"compile + first step: cold {t['compile_cold_s']:.3f} s (empty kernel cache), "
+                 f"warm {t['compile_warm_s']:.3f} s (cache populated)")
+    if t.get("backend_compile_cold_s") is not None:
+        lines.append(f"  of which the backend compiled: cold {t['backend_compile_cold_s']:.3f} s, "
+                     f"warm {t['backend_compile_warm_s']:.3f} s")
+    if t.get("launches_per_step") is not None:
+        lines.append(f"launches per step: {t['launches_per_step']}")
+    if r.get("infer"):
+        lines.append(f"inference first run: {r['infer']['first_run_s'] * 1e3:.1f} ms")
+    kernels = t["kernels"]
+    lines += ["", f"per-kernel breakdown of one training step (profiled, synchronised around "
+                  f"each; {t['profile_total_ms']:.3f} ms in all):"]
+    rows = [["covers", "kernels", "ms", "share"]]
+    for k in kernels[:top]:
+        covers = k["covers"] if len(k["covers"]) <= 60 else k["covers"][:57] + "..."
+        rows.append([covers, str(k["kernels"]), _ms(k["ms"]), f"{k['share'] * 100:5.1f}%"])
+    lines += ["  " + x for x in _table(rows, {1, 2, 3})]
+    if len(kernels) > top:
+        rest = kernels[top:]
+        lines.append(f"  ... {len(rest)} more ({sum(k['ms'] for k in rest):.3f} ms, "
+                     f"{sum(k['share'] for k in rest) * 100:.1f}%)")
+    c = r.get("compare")
+    if c:
+        lines += ["", "PyTorch baselines of the same network (dlc time / baseline time: "
+                      "below 1 means dlc is faster):"]
+        lines += ["  " + x for x in format_baselines(c["baselines"], t["median_ms"])]
+        if c["best"]:
+            lines.append(f"  best baseline: {c['best']['name']} {_ms(c['best']['median_ms'])} ms"
+                         f" -> dlc/best {c['best']['dlc_over_best']:.2f}x")
+        lc = c["loss_check"]
+        lines.append(f"  same network: first losses dlc {', '.join(f'{x:.6f}' for x in lc['dlc'])}"
+                     f"; eager {', '.join(f'{x:.6f}' for x in lc['eager'])} "
+                     f"(max difference {lc['max_abs_diff']:.2e})")
+    for note in r.get("notes", []):
+        lines.append(f"note: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def format_baselines(baselines: list[dict], dlc_ms: float | None) -> list[str]:
+    """The baselines as a table (timed ones) and a line for each skipped or failed one."""
+    rows = [["", "median ms", "samples/s", "peak memory", "first call s", "dlc/baseline"],
+            ["dlc", _ms(dlc_ms), "", "", "", ""]]
+    others = []
+    for b in baselines:
+        if "median_ms" in b:
+            ratio = b.get("dlc_over_baseline")
+            rows.append([b["name"], _ms(b["median_ms"]),
+                         f"{b['samples_per_s']:,.0f}" if b["samples_per_s"] else "-",
+                         _mem(b["peak_memory_bytes"]), f"{b['first_call_s']:.3f}",
+                         "-" if ratio is None else f"{ratio:.2f}x"])
+        else:
+            others.append(f"{b['name']}: " + (f"skipped ({b['skipped']})" if "skipped" in b
+                                              else f"failed ({b.get('failed')})"))
+    return _table(rows, {1, 2, 3, 4, 5}) + others
