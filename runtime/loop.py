@@ -6,6 +6,18 @@
     final.json               test_loss, test_acc, epochs_run, stopped (why), best_epoch
     run.yaml                 resolved configuration, versions, spec hash, command
     curves.svg               loss and accuracy per epoch
+
+`run_training` is put together from small parts:
+
+    Batches          batch boundaries of the training split and a seeded permutation per epoch
+    TrainStep        the train program (runtime/backends.py) and its state on the device; one
+                     step per batch, the epoch's loss sum and correct count kept on the device
+    _train_epoch     one pass over the batches; the sums are read back (`_read_back`, which
+                     also detects divergence) only when the progress bar redraws, at most every
+                     Progress.REFRESH_S seconds on a terminal, and at the end of the epoch
+    _record          validation and the epoch's metrics.jsonl record
+    EarlyStopping    monitor, patience, min_delta and the best epoch's state
+    _finish          the best state restored, the test split evaluated, final.json written
 """
 from __future__ import annotations
 
@@ -14,7 +26,9 @@ import math
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -22,13 +36,271 @@ import yaml
 
 from ..compiler.pipeline import build_train_graph
 from ..spec.diagnostics import UserError
+from .backends import make_program
 from .data import load
 from .model import Model
 from .plot import write_curves
 from .progress import Progress
-from .reference import ReferenceProgram
 from .schedules import learning_rate
 from .state import init_state
+
+
+class Batches:
+    """The batches of a training split of `n` examples: fixed boundaries, and a fresh
+    permutation from the seeded numpy generator every epoch.
+
+    A last batch of one example joins the one before it: batch norm cannot normalise a
+    single example in training."""
+
+    def __init__(self, n: int, batch: int | str, seed: int):
+        size = n if batch == "full" else min(batch, n)
+        bounds = list(range(0, n, size)) + [n]
+        if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+            del bounds[-2]
+        self.n = n
+        self.bounds = bounds                 # batch i is perm[bounds[i]:bounds[i + 1]]
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def steps(self) -> int:
+        return len(self.bounds) - 1
+
+    @property
+    def smallest(self) -> int:
+        return min(b - a for a, b in zip(self.bounds, self.bounds[1:]))
+
+    def epoch(self, device) -> Iterator[torch.Tensor]:
+        """The example indices of each batch of the next epoch, on `device`."""
+        perm = torch.as_tensor(self.rng.permutation(self.n), device=device)    # (n,) int64
+        for a, b in zip(self.bounds, self.bounds[1:]):
+            yield perm[a:b]                                                    # (batch,)
+
+
+class TrainStep:
+    """The train program and the state it updates, on the model's backend and device.
+
+    `run` takes one optimizer step and adds the batch's loss (times its size) and its
+    number of correct predictions to `sums`, on the device: nothing waits for the device
+    until `_read_back` reads `sums`."""
+
+    def __init__(self, train_graph, model: Model, data, seed: int):
+        self.device = model.device
+        self.program = make_program(train_graph, training=True, backend=model.backend,
+                                    device=model.device, seed=seed)
+        self.state = init_state(train_graph, seed, model.device)    # slots start at zero
+        self.state.update(model.state)                                # parameters and buffers
+        self.x_name = model.spec.graph.inputs[0].input_name
+        self.x = model.shape_batch(data.train.x, f"{data.name} examples")     # (n, *input) f32
+        self.y = torch.as_tensor(data.train.y, device=model.device)    # (n,) i64 / (n, k) f32
+        self.classify = model.spec.config.loss.name == "cross_entropy"
+        self.lr = torch.zeros((), dtype=torch.float32, device=model.device)   # () filled per step
+        # (2,) f64: the sum of loss * batch size, and the number of correct predictions
+        self.sums = torch.zeros(2, dtype=torch.float64, device=model.device)
+
+    def run(self, idx: torch.Tensor, lr: float) -> None:
+        """One optimizer step on the examples `idx` at learning rate `lr`."""
+        y = self.y.index_select(0, idx)                                 # (batch, ...)
+        self.lr.fill_(lr)
+        inputs = {self.x_name: self.x.index_select(0, idx), "y": y, "lr": self.lr}
+        (loss, out, *_), updates, _ = self.program.run(self.state, inputs)
+        self.state.update(updates)
+        self.sums[0].add_(loss, alpha=len(idx))
+        if self.classify:
+            self.sums[1].add_((out.argmax(dim=1) == y).sum())
+
+    def copy_to(self, model: Model) -> None:
+        """Give the model copies of its parameters and buffers: a backend may go on updating
+        its own in place (the triton backend's are views of one flat buffer)."""
+        for name in model.state:
+            model.state[name] = self.state[name].clone()
+
+
+class EpochStats(NamedTuple):
+    """What one epoch of training measured."""
+    loss: float              # the mean training loss of the epoch
+    acc: float | None        # the training accuracy (None for regression)
+    lr: float                # the learning rate of the epoch's last step
+
+
+class _Diverged(Exception):
+    """The loss became NaN or infinite; the message says when."""
+
+
+def _read_back(sums: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
+    """The loop's one device-to-host read: the loss sum and correct count of the epoch so
+    far. A loss that has become NaN or infinite by `step` of `epoch` raises _Diverged."""
+    loss_sum, correct = sums.tolist()
+    if not math.isfinite(loss_sum):
+        raise _Diverged(f"the loss became {loss_sum} in epoch {epoch}, by step {step}")
+    return loss_sum, int(correct)
+
+
+def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
+                 bar: Progress) -> EpochStats:
+    """One pass over the training split, reading the sums back only when the bar redraws
+    and once at the end."""
+    step.sums.zero_()
+    base_lr, seen, lr = cfg.optimizer.args["lr"], 0, None
+    for i, idx in enumerate(batches.epoch(step.device)):
+        lr = learning_rate(cfg.schedule, base_lr, epoch - 1 + i / batches.steps, cfg.epochs)
+        step.run(idx, lr)
+        seen += len(idx)
+        if bar.due():
+            loss_sum, _ = _read_back(step.sums, epoch, i + 1)
+            bar.step(epoch, i + 1, loss_sum / seen)
+    loss_sum, correct = _read_back(step.sums, epoch, batches.steps)
+    return EpochStats(loss_sum / batches.n, correct / batches.n if step.classify else None, lr)
+
+
+def _record(model: Model, data, epoch: int, train: EpochStats, t0: float) -> dict:
+    """The epoch's metrics.jsonl record: its training metrics and the validation split's."""
+    val = model.evaluate_arrays(data.val.x, data.val.y)
+    return {"epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
+            "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
+            "seconds": round(time.perf_counter() - t0, 4)}
+
+
+class EarlyStopping:
+    """Stops training when the monitored validation metric (`val_loss`: lower is better,
+    `val_acc`: higher is better) has not improved by more than `min_delta` for `patience`
+    epochs in a row; keeps a copy of the best epoch's state."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0):
+        self.monitor, self.patience, self.min_delta = monitor, patience, min_delta
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict | None = None
+        self.bad_epochs = 0
+
+    @classmethod
+    def from_config(cls, cfg, data) -> EarlyStopping | None:
+        """The train section's early stopping, or None; a UserError when the data cannot
+        give the monitored metric."""
+        es = cfg.early_stopping
+        if es is None:
+            return None
+        monitor = es.args["monitor"]
+        if len(data.val) == 0:
+            raise UserError(f"early stopping monitors {monitor}, but there is no validation "
+                            "split (set val > 0 in data)", es.span)
+        if monitor == "val_acc" and data.classes is None:
+            raise UserError("early stopping monitors val_acc, but the targets are not classes",
+                            es.span, hint="monitor val_loss")
+        return cls(monitor, es.args["patience"], es.args["min_delta"])
+
+    def improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.monitor == "val_loss":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def update(self, epoch: int, record: dict, state: dict) -> bool:
+        """Take a finished epoch's record and state; True when training should stop."""
+        value = record[self.monitor]
+        if self.improved(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            self.best_state = {k: v.clone() for k, v in state.items()}
+        else:
+            self.bad_epochs += 1
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class _Outcome:
+    """How a run ended: its epochs' records, why it stopped, what diverged."""
+    records: list = field(default_factory=list)
+    stopped: str = "completed"        # completed, early_stopping, interrupted or diverged
+    diverged: str | None = None
+
+
+def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
+                 init_from=None, progress=True) -> dict:
+    """Train the spec's model as its train section says, writing the run directory
+    `out_dir`; returns final.json's contents. An interrupted run raises KeyboardInterrupt
+    and a diverged one a UserError, each after writing final.json."""
+    cfg = spec.config
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
+    train_graph = build_train_graph(spec.graph, cfg)
+    model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=[train_graph])
+    data = load(cfg.data, seed, spec.path.parent)
+    _check_data(model, data, cfg)
+    if init_from is not None:
+        model.load(init_from)
+    batches = Batches(len(data.train), cfg.batch, seed)
+    _check_batch_norm(spec, batches.smallest)
+    stopper = EarlyStopping.from_config(cfg, data)
+    step = TrainStep(train_graph, model, data, seed)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_yaml(out_dir / "run.yaml", spec, cfg, model, seed, data)
+    metrics = out_dir / "metrics.jsonl"
+    metrics.write_text("")
+    checkpoint = out_dir / "checkpoint.safetensors"
+    bar = Progress(cfg.epochs, batches.steps, enabled=progress)
+    outcome = _Outcome()
+    t_start = time.perf_counter()
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            t0 = time.perf_counter()
+            train = _train_epoch(step, batches, epoch, cfg, bar)
+            step.copy_to(model)
+            record = _record(model, data, epoch, train, t0)
+            outcome.records.append(record)
+            with open(metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.epoch(record)
+            stop = stopper is not None and stopper.update(epoch, record, model.state)
+            if stopper is None or stopper.best_epoch == epoch:
+                model.save(checkpoint, {"epoch": epoch})
+            if stop:
+                outcome.stopped = "early_stopping"
+                break
+    except KeyboardInterrupt:
+        outcome.stopped = "interrupted"
+    except _Diverged as e:
+        outcome.stopped, outcome.diverged = "diverged", str(e)
+    finally:
+        if outcome.records:
+            write_curves(outcome.records, out_dir / "curves.svg")
+    return _finish(spec, model, data, out_dir, outcome, stopper, t_start)
+
+
+def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
+            stopper: EarlyStopping | None, t_start: float) -> dict:
+    """Evaluate the test split on the final (with early stopping, the best) weights and
+    write final.json; then re-raise an interruption or report a divergence."""
+    if stopper is not None and stopper.best_state is not None:
+        model.state.update(stopper.best_state)
+    epochs_run = len(outcome.records)
+    test = model.evaluate_arrays(data.test.x, data.test.y)
+    final = {"test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
+             "stopped": outcome.stopped,
+             "best_epoch": stopper.best_epoch if stopper is not None else epochs_run,
+             "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
+             "backend": model.backend, "device": str(model.device)}
+    (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+    if outcome.stopped == "interrupted":
+        raise KeyboardInterrupt
+    if outcome.diverged:
+        raise UserError(f"training diverged: {outcome.diverged}; the last good weights are in "
+                        f"{out_dir / 'checkpoint.safetensors'}", spec.config.optimizer.span,
+                        hint="lower the learning rate")
+    return final
+
+
+def _check_batch_norm(spec, smallest: int) -> None:
+    """Batch norm in training needs more than one value per channel in every batch."""
+    for node in spec.graph.nodes:
+        if node.op == "batch_norm":
+            t = node.inputs[0].type
+            per_channel = smallest * (t.per_sample() or 1) // t.shape[1]
+            if per_channel < 2:
+                raise UserError("batch norm in training needs more than one value per channel, "
+                                f"but a batch of {smallest} gives {node.scope} one",
+                                spec.config.spans.get("batch", node.loc),
+                                hint="use a batch of at least 2")
 
 
 def _versions() -> dict:
@@ -68,140 +340,6 @@ def _check_data(model: Model, data, cfg) -> None:
                               "`data` setting that fits the model's input") if default else
                         "the data and the model's input must hold the same values per example"
                         ) from None
-
-
-def _check_batch_norm(spec, bounds: list[int]) -> None:
-    smallest = min(b - a for a, b in zip(bounds, bounds[1:]))
-    for node in spec.graph.nodes:
-        if node.op == "batch_norm":
-            t = node.inputs[0].type
-            per_channel = smallest * (t.per_sample() or 1) // t.shape[1]
-            if per_channel < 2:
-                raise UserError("batch norm in training needs more than one value per channel, "
-                                f"but a batch of {smallest} gives {node.scope} one",
-                                spec.config.spans.get("batch", node.loc),
-                                hint="use a batch of at least 2")
-
-
-def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
-                 init_from=None, progress=True) -> dict:
-    cfg = spec.config
-    seed = cfg.seed if seed is None else seed
-    torch.manual_seed(seed)
-    model = Model(spec, backend=backend, device=device, seed=seed)
-    data = load(cfg.data, seed, spec.path.parent)
-    _check_data(model, data, cfg)
-    if init_from is not None:
-        model.load(init_from)
-
-    train_graph = build_train_graph(spec.graph, cfg)
-    state = init_state(train_graph, seed, model.device)       # slots start at zero
-    state.update(model.state)                                  # parameters and buffers
-    program = ReferenceProgram(train_graph, training=True, device=model.device, seed=seed)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_yaml(out_dir / "run.yaml", spec, cfg, model, seed, data)
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics_path.write_text("")
-
-    n = len(data.train)
-    batch = n if cfg.batch == "full" else min(cfg.batch, n)
-    # batch boundaries; a last batch of one example joins the one before it (batch norm
-    # cannot normalise a single example in training)
-    bounds = list(range(0, n, batch)) + [n]
-    if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
-        del bounds[-2]
-    steps = len(bounds) - 1
-    _check_batch_norm(spec, bounds)
-    rng = np.random.default_rng(seed)
-    base_lr = cfg.optimizer.args["lr"]
-    xin = spec.graph.inputs[0].input_name
-    x_all = model.shape_batch(data.train.x, f"{data.name} examples")
-    y_all = torch.as_tensor(data.train.y, device=model.device)
-    classify = cfg.loss.name == "cross_entropy"
-    es = cfg.early_stopping
-    best, best_epoch, best_state, bad_epochs = None, 0, None, 0
-    records, stopped, epochs_run, diverged = [], "completed", 0, None
-    bar = Progress(cfg.epochs, steps, enabled=progress)
-    t_start = time.perf_counter()
-    try:
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            perm = torch.as_tensor(rng.permutation(n), device=model.device)
-            total, correct, lr = 0.0, 0, base_lr
-            for step in range(steps):
-                idx = perm[bounds[step]:bounds[step + 1]]
-                lr = learning_rate(cfg.schedule, base_lr, epoch - 1 + step / steps, cfg.epochs)
-                inputs = {xin: x_all[idx], "y": y_all[idx],
-                          "lr": torch.tensor(lr, dtype=torch.float32, device=model.device)}
-                (loss, logits, *_), updates, _ = program.run(state, inputs)
-                state.update(updates)
-                lv = float(loss)
-                if not math.isfinite(lv):
-                    raise _Diverged(f"the loss became {lv} in epoch {epoch}, step {step + 1}")
-                total += lv * len(idx)
-                if classify:
-                    correct += int((logits.argmax(dim=1) == y_all[idx]).sum())
-                bar.step(epoch, step + 1, lv)
-            for name in model.state:
-                model.state[name] = state[name]
-            val = model.evaluate_arrays(data.val.x, data.val.y)
-            record = {"epoch": epoch, "train_loss": total / n,
-                      "train_acc": correct / n if classify else None,
-                      "val_loss": val["loss"], "val_acc": val["acc"], "lr": lr,
-                      "seconds": round(time.perf_counter() - t0, 4)}
-            records.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            epochs_run = epoch
-            bar.epoch(record)
-            if es is not None:
-                key = es.args["monitor"]
-                value = record[key]
-                if value is None:
-                    raise UserError(f"early stopping monitors {key}, but there is no validation "
-                                    "split (set val > 0 in data)", es.span)
-                better = (best is None or
-                          (value < best - es.args["min_delta"] if key == "val_loss"
-                           else value > best + es.args["min_delta"]))
-                if better:
-                    best, best_epoch, bad_epochs = value, epoch, 0
-                    best_state = {k: v.clone() for k, v in model.state.items()}
-                else:
-                    bad_epochs += 1
-                model.save(out_dir / "checkpoint.safetensors", {"epoch": best_epoch})
-                if bad_epochs >= es.args["patience"]:
-                    stopped = "early_stopping"
-                    break
-            else:
-                model.save(out_dir / "checkpoint.safetensors", {"epoch": epoch})
-    except KeyboardInterrupt:
-        stopped = "interrupted"
-    except _Diverged as e:
-        stopped, diverged = "diverged", str(e)
-    finally:
-        if records:
-            write_curves(records, out_dir / "curves.svg")
-    if es is not None and best_state is not None:
-        model.state.update(best_state)
-        model.save(out_dir / "checkpoint.safetensors", {"epoch": best_epoch})
-    test = model.evaluate_arrays(data.test.x, data.test.y)
-    final = {"test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
-             "stopped": stopped, "best_epoch": best_epoch if es is not None else epochs_run,
-             "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
-             "backend": model.backend, "device": str(model.device)}
-    (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-    if stopped == "interrupted":
-        raise KeyboardInterrupt
-    if diverged:
-        raise UserError(f"training diverged: {diverged}; the last good weights are in "
-                        f"{out_dir / 'checkpoint.safetensors'}", cfg.optimizer.span,
-                        hint="lower the learning rate")
-    return final
-
-
-class _Diverged(Exception):
-    pass
 
 
 def _write_run_yaml(path: Path, spec, cfg, model: Model, seed: int, data) -> None:
