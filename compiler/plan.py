@@ -395,6 +395,13 @@ def _sibling_target(p: Plan, node: Node, owner: dict) -> Kernel | None:
                 if k is not None and k.anchor is user and not k.siblings:
                     return k
         del a
+    if node.op == "sum" and tuple(node.attrs["dims"]) == (0, 2, 3) and \
+            len(p.shape(node.inputs[0])) == 4:              # a conv bias gradient
+        for user in p.consumers.get(id(node.inputs[0]), []):
+            if user.op == "conv2d_bwd_weight" and user.inputs[0] is node.inputs[0]:
+                k = owner.get(id(user.outputs[0]))
+                if k is not None and k.anchor is user and not k.siblings:
+                    return k
     if node.op == "cross_entropy_bwd":
         gy, logits, labels = node.inputs
         prod = p.producer.get(id(gy))

@@ -9,7 +9,6 @@ import importlib.util
 import pytest
 import torch
 
-from dlc.compiler import plan as plan_mod
 from dlc.compiler.autodiff import backward
 from dlc.compiler.ir import Graph, TensorType
 from dlc.compiler.ops import Builder, get
@@ -114,22 +113,9 @@ def test_conv_flatten_linear_backward():
              **TOL)
 
 
-def test_weight_gradient_with_bias_sibling(monkeypatch):
-    """The template's side of a planner hook not yet in compiler/plan.py: sum(gy) {dims=[0,2,3]}
-    (the conv bias gradient) as a sibling of conv2d_bwd_weight, accumulated from the gy tiles
-    it already loads. The hook is patched in here; the plan must show the sibling."""
-    original = plan_mod._sibling_target
-
-    def target(p, node, owner):
-        if node.op == "sum" and tuple(node.attrs["dims"]) == (0, 2, 3):
-            for user in p.consumers.get(id(node.inputs[0]), []):
-                if user.op == "conv2d_bwd_weight" and user.inputs[0] is node.inputs[0]:
-                    k = owner.get(id(user.outputs[0]))
-                    if k is not None and k.anchor is user and not k.siblings:
-                        return k
-        return original(p, node, owner)
-
-    monkeypatch.setattr(plan_mod, "_sibling_target", target)
+def test_weight_gradient_with_bias_sibling():
+    """sum(gy) {dims=[0,2,3]} (the conv bias gradient) is a sibling of conv2d_bwd_weight,
+    accumulated from the gy tiles it already loads: one kernel."""
     for c_in, attrs in ((4, conv_attrs(37, 3, 2, 1)), (4, conv_attrs(6, 3, 1, 1, groups=2))):
         g = Graph("t")
         gy_shape = ("N", attrs["out"], 4 if attrs["stride"][0] == 2 else 7, 5 if
