@@ -1,6 +1,12 @@
 """Helpers for kernel tests: run a graph on the Triton backend (under the interpreter) and
-on the reference backend, and compare every output and state update."""
+on the reference backend, and compare every output and state update.
+
+On a GPU machine the same tests check the compiled kernels: `TRITON_INTERPRET=0
+DLC_TEST_DEVICE=cuda pytest tests/kernels` (benchmarks/gpu_check.sh does this); both
+backends then run on the GPU, with TF32 off so that float32 results compare."""
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -10,6 +16,12 @@ from dlc.compiler.ops import Builder
 from dlc.compiler.plan import bind_inputs, make_plan
 from dlc.runtime.reference import ReferenceProgram
 from dlc.runtime.triton_backend import TritonProgram
+
+
+DEVICE = os.environ.get("DLC_TEST_DEVICE", "cpu")
+if DEVICE.startswith("cuda"):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
 
 
 def op_graph(op: str, in_shapes: list[tuple], attrs: dict | None = None, *,
@@ -33,10 +45,12 @@ def op_graph(op: str, in_shapes: list[tuple], attrs: dict | None = None, *,
 def run_both(g: Graph, inputs: dict, state: dict | None = None, *, training: bool = False,
              rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0):
     """Run g on both backends and assert every output and update agree; returns the plan."""
-    state = state or {}
-    ref_out, ref_upd, _ = ReferenceProgram(g, training=training, seed=seed).run(
+    state = {k: v.to(DEVICE) for k, v in (state or {}).items()}
+    inputs = {k: v.to(DEVICE) for k, v in inputs.items()}
+    ref_out, ref_upd, _ = ReferenceProgram(g, training=training, seed=seed,
+                                           device=DEVICE).run(
         {k: v.clone() for k, v in state.items()}, inputs)
-    prog = TritonProgram(g, training=training, seed=seed)
+    prog = TritonProgram(g, training=training, seed=seed, device=DEVICE)
     tri_out, tri_upd, _ = prog.run({k: v.clone() for k, v in state.items()}, inputs)
     for i, (a, r) in enumerate(zip(tri_out, ref_out)):
         torch.testing.assert_close(a, r, rtol=rtol, atol=atol, msg=lambda m: f"output {i}: {m}")
