@@ -38,6 +38,7 @@ class TrainConfig:
     seed: int = 0                      # shuffling, splits, initialisation, dropout masks
     early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
     penalty: Call | None = None        # l1/l2 parameter-norm penalty added to the training loss
+    precision: str = "f32"             # f32 | bf16: the Triton backend's matmul/conv operands
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
 
     def to_dict(self) -> dict:
@@ -47,4 +48,5 @@ class TrainConfig:
             "batch": self.batch, "epochs": self.epochs, "seed": self.seed,
             "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
             "penalty": self.penalty.to_dict() if self.penalty else None,
+            "precision": self.precision,
         }

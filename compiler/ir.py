@@ -92,6 +92,7 @@ class Graph:
     output_names: list[str] = field(default_factory=list)
     updates: dict[str, Value] = field(default_factory=dict)   # state name -> new value (train graphs)
     grads: dict[str, Value] = field(default_factory=dict)     # param name -> gradient (train graphs)
+    precision: str = "f32"       # f32 | bf16: what the Triton backend feeds matmul/conv units
 
     # -- construction -------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:

@@ -126,6 +126,7 @@ def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph
                              f"{(time.perf_counter() - t0) * 1e3:7.2f} ms\n")
         if debug >= 2:
             sys.stderr.write(print_graph(g))
+    g.precision = ctx.config.precision
     return g
 
 

@@ -142,6 +142,25 @@ class KernelCtx:
         """The plan runs in Triton's CPU interpreter (compiler/plan.py `target`)."""
         return self.p.target == "interpreter"
 
+    def dot(self, a: str, b: str) -> str:
+        """The tile product for the graph's precision: float32 (IEEE, no TF32), or bf16
+        operands with float32 accumulation. The interpreter has no bf16 dot (and its cast
+        truncates): there the operands are rounded to bf16 by bit arithmetic and multiplied
+        in float32, which gives the same products (bf16 x bf16 is exact in float32)."""
+        if self.p.graph.precision != "bf16":
+            return f'tl.dot({a}, {b}, input_precision="ieee")'
+        if self.interpreted:                      # its .to(bfloat16) truncates: round
+            ra, rb = self._round_bf16(a), self._round_bf16(b)
+            return f'tl.dot({ra}, {rb}, input_precision="ieee")'
+
+        return f"tl.dot({a}.to(tl.bfloat16), {b}.to(tl.bfloat16))"
+
+    def _round_bf16(self, x: str) -> str:
+        """float32 -> nearest bf16 (ties to even), kept in float32, by bit arithmetic."""
+        u = self.let(f"{x}.to(tl.int32, bitcast=True)")
+        r = self.let(f"({u} + 0x7FFF + (({u} >> 16) & 1)) & -65536")
+        return self.let(f"{r}.to(tl.float32, bitcast=True)")
+
     def tunable(self, name: str, default: int, choices) -> int:
         """A constexpr the GPU autotuner may change (runtime/autotune.py): returns the value
         in force (the default on a GPU before tuning, the tuned choice, or under the

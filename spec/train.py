@@ -32,7 +32,9 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "seed": ("seed", None, "seed 0"),
     "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
     "penalty": ("call", PENALTIES, "penalty l2(1e-4)"),
+    "precision": ("precision", None, "precision bf16   (or f32, the default)"),
 }
+PRECISIONS = ("f32", "bf16")
 
 
 class _ConfigValue:
@@ -125,6 +127,12 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             cfg.batch = "full"
         else:
             cfg.batch = _int(value, "batch", value_span, 1)
+    elif kind == "precision":
+        name = value.name if isinstance(value, Symbol) else None
+        if name not in PRECISIONS:
+            raise UserError(f"precision is f32 or bf16, got {describe(value)}", value_span,
+                            hint=did_you_mean(str(name), PRECISIONS) or f"for example: {example}")
+        cfg.precision = name
     elif kind == "posint":
         setattr(cfg, key, _int(value, key, value_span, 1))
     elif kind == "seed":

@@ -83,7 +83,7 @@ def taps(ctx, r: str, pre: str = "") -> None:
 
 
 def dot(ctx, a: str, b: str) -> None:
-    ctx.emit(f'acc += tl.dot({a}, {b}, input_precision="ieee")   # (BLOCK_M, BLOCK_N)')
+    ctx.emit(f"acc += {ctx.dot(a, b)}   # (BLOCK_M, BLOCK_N)")
 
 
 def bcast(expr: str, shape: str) -> str:

@@ -117,7 +117,7 @@ def render(ctx) -> None:
     else:                                                 # B stored (K, N): chan is n
         b_offs, b_chan = f"rk[:, None] * {n} + rn[None, :]", "rn[None, :]"
     b = load_tile(ctx, 1, b_offs, f"tl.broadcast_to({b_chan}, (BLOCK_K, BLOCK_N))", "b_mask")
-    ctx.emit(f'acc += tl.dot({a}, {b}, input_precision="ieee")   # (BLOCK_M, BLOCK_N)')
+    ctx.emit(f"acc += {ctx.dot(a, b)}   # (BLOCK_M, BLOCK_N)")
     if sib is not None:
         ctx.emit(f"rowsum += tl.sum({a}, axis=1)")
     ctx.indent -= 1
