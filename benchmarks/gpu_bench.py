@@ -17,9 +17,9 @@ temporary folder or given as examples/ + --set, nothing is added to examples/):
     A         MLP 64 -> 512 -> 512 -> 10, batch 256, AdamW
     B         ResNet-18 for 3x32x32 (examples/resnet18_cifar.dls), batch 256,
               SGD momentum 0.9, weight decay 5e-4
-    B-bf16    the same under bf16: the PyTorch baselines under torch.autocast(bf16) with
-              channels-last; dlc's row says "not supported yet" while the spec language has
-              no `precision` setting (spec/train.py SETTINGS)
+    B-bf16    the same under bf16: dlc with `precision bf16` (bf16 matmul/conv operands,
+              float32 accumulation), the PyTorch baselines under torch.autocast(bf16) with
+              channels-last
 
 For each: dlc on the triton backend (when it is refused or fails, the reason, and dlc on
 the reference backend instead), PyTorch eager (the spec's train-lowered forward graph as an
