@@ -164,6 +164,8 @@ class TanhBwd(_UnaryBwd):
 class Softmax(_Unary):
     name = layer = "softmax"
     triton = "reduce"
+    triton_prologue = (0,)                 # x read with ctx.load
+    triton_epilogue = True
     doc = "Softmax over the feature (channel) dimension."
 
     def forward(self, ins, attrs, ctx):
@@ -174,6 +176,8 @@ class Softmax(_Unary):
 class SoftmaxBwd(_UnaryBwd):
     name = "softmax_bwd"
     triton = "reduce"
+    triton_prologue = (0, 1)               # gy, y read with ctx.load
+    triton_epilogue = True
 
     def forward(self, ins, attrs, ctx):
         gy, y = ins
@@ -353,6 +357,8 @@ class Matmul(Op):
 class Sum(Op):
     name = "sum"
     triton = "reduce"
+    triton_prologue = (0,)                 # x read with ctx.load: relu_bwd -> sum is one kernel
+    triton_epilogue = True
 
     def infer(self, ins, attrs):
         dims = attrs["dims"]

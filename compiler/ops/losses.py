@@ -13,6 +13,8 @@ SCALAR = TensorType(())
 class CrossEntropy(Op):
     name = "cross_entropy"
     triton = "loss"
+    triton_prologue = (0,)                 # logits read with ctx.load
+    triton_epilogue = True
     n_inputs = 2
     args = (Arg("label_smoothing", 0.0, kind="float"),)
     doc = "Softmax cross-entropy of logits [N, C] against integer labels [N], averaged."
@@ -43,6 +45,7 @@ class CrossEntropyBwd(Op):
 
     name = "cross_entropy_bwd"
     triton = "loss"
+    triton_prologue = (1,)
     n_inputs = 3
     like = 1
 
@@ -58,6 +61,8 @@ class CrossEntropyBwd(Op):
 class Mse(Op):
     name = "mse"
     triton = "loss"
+    triton_prologue = (0, 1)
+    triton_epilogue = True
     n_inputs = 2
     doc = "Mean squared error over every element."
 
@@ -124,6 +129,7 @@ class L2Penalty(_Penalty):
 
     name = "l2_penalty"
     triton = "reduce"
+    triton_prologue = (0,)
 
     def forward(self, ins, attrs, ctx):
         return (attrs["strength"] * (ins[0] * ins[0]).sum(),)
@@ -148,6 +154,7 @@ class L1Penalty(_Penalty):
 
     name = "l1_penalty"
     triton = "reduce"
+    triton_prologue = (0,)
 
     def forward(self, ins, attrs, ctx):
         return (attrs["strength"] * ins[0].abs().sum(),)
