@@ -186,7 +186,16 @@ def pattern(vshape: tuple, ishape: tuple) -> str | None:
         return "chan"
     if len(vshape) == 1 and len(ishape) == 1 and vshape[0] == 1:
         return "scalar"
+    if _numel(vshape) == _numel(ishape):       # a reshape: contiguous, same flat order
+        return "full"
     return None
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 # -- passes --------------------------------------------------------------------------------------
@@ -310,15 +319,16 @@ def fuse_pass(p: Plan) -> Plan:
                        for kk in kernels if kk is not k)
 
     def flush(node_inputs, at) -> None:
-        """Pending elementwise nodes an anchor reads get their own kernel first."""
+        """Pending elementwise nodes a kernel at `at` reads get their own kernels, placed
+        just before it (positions sort the kernels)."""
         for v in node_inputs:
             v = p.base(v)
             prod = p.producer.get(id(v))
             if prod is not None and prod in pending:
                 pending.remove(prod)
-                flush(prod.inputs, at)
-                k = new_kernel(Kernel("elementwise"), at)
-                add(k, prod, at, "body")
+                flush(prod.inputs, at - 0.5)
+                k = new_kernel(Kernel("elementwise"), at - 0.5)
+                add(k, prod, at - 0.5, "body")
 
     for at, node in enumerate(p.nodes):
         kind = p.kind(node)
@@ -352,16 +362,22 @@ def fuse_pass(p: Plan) -> Plan:
                 if not pend:
                     pending.append(node)
                     continue
-            if target is None:
-                target = new_kernel(Kernel("elementwise"), at)
-            # pending producers of this node join the same kernel, first
+            # pending producers of this node join its kernel when they share its shape;
+            # the others get kernels of their own, before it
+            joining = []
             for v in node.inputs:
                 prod = p.producer.get(id(p.base(v)))
                 if prod is not None and prod in pending and \
-                        p.shape(prod.outputs[0]) == ishape:
+                        p.shape(prod.outputs[0]) == ishape and prod not in joining:
                     pending.remove(prod)
-                    add(target, prod, at, "body")
+                    joining.append(prod)
+            for prod in joining:
+                flush(prod.inputs, at)
             flush(node.inputs, at)
+            if target is None:
+                target = new_kernel(Kernel("elementwise"), at)
+            for prod in joining:
+                add(target, prod, at, "body")
             add(target, node, at, "body")
             continue
         # an anchor

@@ -251,6 +251,7 @@ class Dropout(Op):
 class DropoutMask(Op):
     name = "dropout_mask"
     triton = "remat"
+    triton_loads = False
 
     def triton_ew(self, e, ins, attrs):
         """Regenerated from the step's seed wherever it is used (Philox), never stored:
@@ -373,6 +374,7 @@ class Sum(Op):
 class OnesLike(Op):
     name = "ones_like"
     triton = "remat"
+    triton_loads = False
 
     def triton_ew(self, e, ins, attrs):
         return ["1.0"]
@@ -387,6 +389,7 @@ class OnesLike(Op):
 class ZerosLike(Op):
     name = "zeros_like"
     triton = "remat"
+    triton_loads = False
 
     def triton_ew(self, e, ins, attrs):
         return ["0.0"]

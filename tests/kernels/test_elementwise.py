@@ -75,3 +75,16 @@ def test_dropout_mask_regenerated_in_backward():
     torch.testing.assert_close(y_t, x_t * gx_t)
     plan = prog.compiled({"x": (2, 4000)}).plan
     assert all(n.op != "dropout_mask" for k in plan.kernels for n in k.nodes())  # never stored
+
+
+def test_pending_producer_of_another_shape_runs_before_its_consumer():
+    """A scalar chain (mul of the seed and r) feeding a vector gradient: the scalar's kernel
+    must be placed before the kernel that reads it (a planner ordering regression)."""
+    g = op_graph("l2_penalty", [(7,)], {"strength": 0.03}, grad_wrt=(0,))
+    plan = run_both(g, {"x0": rnd(7), "r": torch.tensor(1.3)})
+    made = {}
+    for k in plan.kernels:
+        for v in k.reads:
+            assert made.get(id(v), -1) < k.index
+        for v in k.writes:
+            made[id(v)] = k.index
