@@ -338,10 +338,18 @@ def fuse_pass(p: Plan) -> Plan:
             if node.outputs and id(node.outputs[0]) in p.inlined:
                 continue
             ishape = p.shape(node.outputs[0])
+            # a kernel iterating over another shape of as many elements (a flatten between)
+            # serves too when the node reads nothing per channel: offsets are flat
+            flat_ok = all(pattern(p.shape(v), ishape) != "chan" for v in node.inputs)
+
+            def same_walk(k):
+                shape = iter_shape(k)
+                return shape == ishape or (flat_ok and shape is not None
+                                           and _numel(shape) == _numel(ishape))
             cands = []
             for v in node.inputs:
                 k = owner.get(id(p.base(v)))
-                if k is not None and iter_shape(k) == ishape and k not in cands:
+                if k is not None and same_walk(k) and k not in cands:
                     cands.append(k)
             # an epilogue sees the anchor's output 0 and its own chain, nothing else the
             # kernel makes (batch statistics are written by other programs of the kernel)
@@ -700,6 +708,8 @@ def format_plan(p: Plan) -> str:
             lines.append(f"  inline  {p.name(n.outputs[0])} = {n.op}  (recomputed in the load)")
         for name, v in k.scalar_updates:
             lines.append(f"  scalar  @{name} <- {p.name(v)}")
+        if k.advance_seed:
+            lines.append("  scalar  dropout seed += 1  (the next step draws new masks)")
         lines.append("  reads  " + (", ".join(_buf_text(p, v) for v in k.reads) or "-"))
         lines.append("  writes " + (", ".join(_buf_text(p, v) for v in k.writes) or "-"))
     lines.append("memory")

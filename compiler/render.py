@@ -227,8 +227,8 @@ class KernelCtx:
         v = self.p.base(v)
         if (id(v), vshape) in cache:
             return cache[(id(v), vshape)]
-        if id(v) in cache and self.p.shape(v) == vshape:
-            return cache[id(v)]
+        if id(v) in cache and _numel(self.p.shape(v)) == _numel(vshape):
+            return cache[id(v)]                   # the same flat element
         prod = self.p.producer.get(id(v))
         if prod is not None and (id(prod) in self.p.remat or id(v) in self.p.inlined):
             if get(prod.op).triton_loads:
@@ -290,6 +290,13 @@ def _tile(var: str, mask: str) -> str:
     except ValueError:
         return var
     return f"tl.where({mask}, {var}, {var})"
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
 
 
 def _pattern(vshape, ishape):

@@ -78,3 +78,23 @@ def test_error_golden(spec, capsys, update_golden):
     assert "Traceback" not in out.err
     assert out.err.startswith("tests/golden/errors/") or out.err.startswith("dlc: error"), out.err
     check_golden(spec.with_suffix(".err.txt"), out.err, update_golden)
+
+
+PLANNED = ["digits_mlp", "digits_cnn", "resnet18_cifar"]        # examples whose step is planned
+
+
+@pytest.mark.parametrize("name", PLANNED)
+def test_plan_golden(name, capsys, update_golden):
+    """The kernel plan of the training step (`--emit plan`) and its Triton source."""
+    spec = ROOT / "examples" / f"{name}.dls"
+    check_golden(HERE / "examples" / f"{name}.plan.txt", _emit(spec, "plan", capsys),
+                 update_golden)
+    if name == "digits_mlp":
+        check_golden(HERE / "examples" / f"{name}.triton.txt", _emit(spec, "triton", capsys),
+                     update_golden)
+
+
+@pytest.mark.parametrize("spec", [p for p in SPECS if "train {" in p.read_text()],
+                         ids=lambda p: p.stem)
+def test_spec_plan_golden(spec, capsys, update_golden):
+    check_golden(spec.with_suffix(".plan.txt"), _emit(spec, "plan", capsys), update_golden)

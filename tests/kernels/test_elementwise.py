@@ -88,3 +88,28 @@ def test_pending_producer_of_another_shape_runs_before_its_consumer():
             assert made.get(id(v), -1) < k.index
         for v in k.writes:
             made[id(v)] = k.index
+
+
+def test_dropout_after_flatten_fuses_into_the_pool_epilogue():
+    """pool -> flatten -> dropout: the mask and product run in the pool kernel at flat
+    offsets; every value is 0 or the pooled value / (1-p)."""
+    import torch.nn.functional as F
+    g = Graph("t")
+    x = g.add_input("x", TensorType(("N", 8, 6, 6)))
+    b = Builder(g)
+    pooled = b.emit1("max_pool2d", [x], {"kernel": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                                         "ceil": False})
+    flat = b.emit1("flatten", [pooled])
+    y = b.emit1("mul", [flat, b.emit1("dropout_mask", [flat], {"p": 0.5})])
+    g.outputs = [y]
+    from dlc.runtime.triton_backend import TritonProgram
+    xs = rnd(4, 8, 6, 6).abs() + 0.1
+    prog = TritonProgram(g, training=True, seed=5)
+    (got,), _, _ = prog.run({}, {"x": xs})
+    want = F.max_pool2d(xs, 2).flatten(1)
+    kept = got != 0
+    torch.testing.assert_close(got[kept], want[kept] / 0.5)
+    assert 0.35 < kept.float().mean().item() < 0.65
+    plan = prog.compiled({"x": (4, 8, 6, 6)}).plan
+    assert sum(1 for k in plan.kernels if k.anchor is not None) == 1
+    assert [n.op for n in plan.kernels[0].body] == ["mul"]
