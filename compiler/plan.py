@@ -291,12 +291,11 @@ def fuse_pass(p: Plan) -> Plan:
             if id(v) in seen:
                 continue
             seen.add(id(v))
-            prod = p.producer.get(id(v))
-            if prod is not None and (id(prod) in p.remat or id(v) in p.inlined):
-                if get(prod.op).triton_loads:
-                    stack.extend(prod.inputs)
-            else:
+            reads = _recomputed_reads(p, v)
+            if reads is None:
                 out.add(id(v))
+            else:
+                stack.extend(reads)
         return out
 
     def new_kernel(k: Kernel, at: int) -> Kernel:
@@ -619,6 +618,15 @@ def _node_by_node_peak(p: Plan) -> int:
     return peak
 
 
+def _recomputed_reads(p: Plan, v: Value) -> list[Value] | None:
+    """For a value recomputed wherever it is used (remat, or inlined into a prologue), the
+    values its producer reads; None for a value that is stored."""
+    prod = p.producer.get(id(v))
+    if prod is not None and (id(prod) in p.remat or id(v) in p.inlined):
+        return list(prod.inputs) if get(prod.op).triton_loads else []
+    return None
+
+
 def io_pass(p: Plan) -> Plan:
     """What each kernel reads (values made elsewhere) and writes (values used elsewhere)."""
     sinks = _sinks(p)
@@ -639,12 +647,11 @@ def io_pass(p: Plan) -> Plan:
             if id(v) in seen or id(v) in inside:
                 continue
             seen.add(id(v))
-            prod = p.producer.get(id(v))
-            if prod is not None and (id(prod) in p.remat or id(v) in p.inlined):
-                if get(prod.op).triton_loads:
-                    stack.extend(prod.inputs)
-                continue
-            order.append(v)
+            reads = _recomputed_reads(p, v)
+            if reads is None:
+                order.append(v)
+            else:
+                stack.extend(reads)
         k.reads = order
         for v in order:
             used_by.setdefault(id(v), set()).add(k.index)

@@ -31,3 +31,8 @@ def numel(shape) -> int:
     for d in shape:
         n *= d
     return n
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << (max(n, 1) - 1).bit_length()

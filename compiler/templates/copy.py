@@ -14,7 +14,6 @@ source serves every concat of the same number of inputs along the same axis.
 from __future__ import annotations
 
 from . import cdiv, numel
-from .pool import load        # ctx.load, or a plain load of a reshaped view
 
 BLOCK = 1024
 
@@ -67,7 +66,7 @@ def concat(ctx) -> None:
         ctx.emit(f"m{k} = mask & (a >= {s}) & (a < {s} + {ln})")
         ctx.emit(f"src{k} = (o * {ln} + (a - {s})) * INNER + i")
         chan = f"a - {s}" if axis == 1 else "chan"
-        v = load(ctx, k, f"src{k}", chan, f"m{k}")
+        v = ctx.load(k, f"src{k}", chan, f"m{k}")
         ctx.emit(f"val = tl.where(m{k}, {v}, val)")
         start += size
     finish(ctx, "val")
@@ -79,5 +78,5 @@ def slice_(ctx) -> None:
     s = ctx.int("START", ctx.attrs["start"])
     a_in = ctx.int("A_IN", ctx.in_shape(0)[axis])
     ctx.emit(f"src = (o * {a_in} + a + {s}) * INNER + i")
-    v = load(ctx, 0, "src", f"a + {s}" if axis == 1 else "chan", "mask")
+    v = ctx.load(0, "src", f"a + {s}" if axis == 1 else "chan", "mask")
     finish(ctx, v)

@@ -5,7 +5,7 @@ that walks flat segments (every parameter of a step in one launch).
 """
 from __future__ import annotations
 
-from . import cdiv, numel
+from . import cdiv, numel, pow2
 
 BLOCK = 1024                       # GPU default before tuning
 CHOICES = (256, 512, 1024, 2048)
@@ -14,12 +14,8 @@ INTERPRETER_BLOCK = 16384          # the interpreter pays per program: few, long
 
 def _block(ctx, total: int) -> int:
     if ctx.interpreted:
-        return ctx.tunable("BLOCK", min(INTERPRETER_BLOCK, _pow2(total)), CHOICES)
+        return ctx.tunable("BLOCK", min(INTERPRETER_BLOCK, max(16, pow2(total))), CHOICES)
     return ctx.tunable("BLOCK", BLOCK, CHOICES)
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(4, (max(n, 1) - 1).bit_length())
 
 
 def render(ctx) -> None:

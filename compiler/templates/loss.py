@@ -27,8 +27,8 @@ family's reduction (reduce.py) with that term.
 """
 from __future__ import annotations
 
-from . import cdiv, numel
-from .reduce import MAX_BLOCK, NEG_INF, TILE, load, pow2, reduction
+from . import cdiv, numel, pow2
+from .reduce import MAX_BLOCK, NEG_INF, TILE, reduction
 
 MAX_ROWS = 64          # rows of logits per tile
 
@@ -69,7 +69,7 @@ class _Logits:
         e, ctx = self.ctx.emit, self.ctx
         e(f"rows = {start} + tl.arange(0, BLOCK_N)  # (BLOCK_N,)")
         e(f"rmask = rows < {self.N}")
-        lab = load(ctx, self.li, "rows", "rows", "rmask", other="0")
+        lab = ctx.load(self.li, "rows", "rows", "rmask", other="0")
         e(f"lab = {lab}.to(tl.int64)  # (BLOCK_N,) labels")
         e(f"rbase = rows.to(tl.int64) * {self.V}")
 
@@ -83,7 +83,7 @@ class _Logits:
         e("mask = rmask[:, None] & cmask[None, :]")
         e("chan = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.int32) + cc[None, :]")
         e("hit = cc[None, :].to(tl.int64) == lab[:, None]")
-        z = load(ctx, self.zi, "offs", "chan", "mask")
+        z = ctx.load(self.zi, "offs", "chan", "mask")
         return ctx.let(f"tl.where(cmask[None, :], {z}, {NEG_INF})")
 
     def loop(self) -> str:
@@ -197,8 +197,8 @@ def _mse(ctx) -> None:
     count = ctx.int("COUNT", numel(shape))
 
     def term(offs, chan, mask):
-        a = load(ctx, 0, offs, chan, mask)
-        b = load(ctx, 1, offs, chan, mask)
+        a = ctx.load(0, offs, chan, mask)
+        b = ctx.load(1, offs, chan, mask)
         d = ctx.let(f"{a} - {b}")
         return ctx.let(f"{d} * {d}")
 

@@ -20,7 +20,7 @@ it recomputes each s_c from its own window: size^2 loads per element, from the c
 """
 from __future__ import annotations
 
-from . import cdiv, numel
+from . import cdiv, numel, pow2
 
 BLOCK_M_MAX = 1024      # elements of one channel per tile (a channel is a contiguous plane)
 COL_TILE = 32           # (N, C) inputs: (32 rows, 32 columns) tiles
@@ -41,17 +41,10 @@ def render(ctx) -> None:
         raise KeyError(f"norm template: no kernel for op {op!r}")
 
 
-def _pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
-
-
 def _tunable(ctx, name: str, default: int, choices, extent: int) -> int:
     """A constexpr block size the GPU autotuner may change: the choices no larger than the
     extent they tile needs (rounded up to a power of two), and the default."""
-    keep = {b for b in choices if b <= max(default, _pow2(extent))} | {default}
+    keep = {b for b in choices if b <= max(default, pow2(extent))} | {default}
     return ctx.tunable(name, default, tuple(sorted(keep)))
 
 
@@ -71,13 +64,13 @@ class _Channels:
         self.CHW = ctx.int("CHW", c * hw)
         self.M = ctx.int("M", self.m)
         if hw == 1:                                       # columns: coalesce along C
-            block_c = _tunable(ctx, "BLOCK_C", min(COL_TILE, _pow2(c)), (16, 32, 64), c)
-            _tunable(ctx, "BLOCK_M", min(COL_TILE, max(16, _pow2(self.m))), (16, 32, 64),
+            block_c = _tunable(ctx, "BLOCK_C", min(COL_TILE, pow2(c)), (16, 32, 64), c)
+            _tunable(ctx, "BLOCK_M", min(COL_TILE, max(16, pow2(self.m))), (16, 32, 64),
                      self.m)
         else:                                             # planes: one channel per program
             block_c = 1
             ctx.const("BLOCK_C", 1)
-            _tunable(ctx, "BLOCK_M", min(BLOCK_M_MAX, max(16, _pow2(self.m))),
+            _tunable(ctx, "BLOCK_M", min(BLOCK_M_MAX, max(16, pow2(self.m))),
                      (256, 512, 1024, 2048), self.m)
         self.BLOCK_C, self.BLOCK_M = "BLOCK_C", "BLOCK_M"
         ctx.grid = (cdiv(c, block_c),)

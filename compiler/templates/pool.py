@@ -39,19 +39,6 @@ def render(ctx) -> None:
 
 # -- shared pieces -----------------------------------------------------------------------------
 
-def load(ctx, i: int, offs: str, chan: str, mask: str, other: str = "0.0") -> str:
-    """Input i at flat offsets `offs`: `ctx.load`, except for a reshaped view (gy of a global
-    average pool after flatten's gradient), whose base has another shape but the same flat
-    layout: a plain load from the base buffer."""
-    v = ctx.node.inputs[i]
-    base = ctx.p.base(v)
-    prod = ctx.p.producer.get(id(base))
-    recomputed = prod is not None and (id(prod) in ctx.p.remat or id(base) in ctx.p.inlined)
-    if base is not v and ctx.shape(base) != ctx.in_shape(i) and not recomputed:
-        return ctx.let(f"tl.load({ctx.in_ptr(i)} + {offs}, mask={mask}, other={other})")
-    return ctx.load(i, offs, chan, mask, other)
-
-
 def flat(ctx, shape: tuple, hname: str, wname: str) -> tuple[str, str, str, str]:
     """pid -> offs over an (N, C, H, W) tensor -> mask, and its coordinates: returns the names
     of (nc, h, w, chan), all int64 blocks of BLOCK; its height and width become the int
@@ -140,7 +127,7 @@ def max_pool2d(ctx) -> None:
     ctx.indent += 1
     ctx.emit("ww = ws + j")
     ctx.emit("ok = mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)")
-    v = load(ctx, 0, "xbase + hh * W + ww", chan, "ok")
+    v = ctx.load(0, "xbase + hh * W + ww", chan, "ok")
     ctx.emit(f"v = tl.where(ok, {v}, {NEG_INF})")
     ctx.emit("best = tl.where((v > best) | (v != v), v, best)   # NaN wins, as in PyTorch")
     ctx.indent -= 2
@@ -179,7 +166,7 @@ def max_pool2d_bwd(ctx) -> None:
         ctx.emit("arg = tl.where(better, hh * W + ww, arg)")
         ctx.indent -= 2
         ctx.emit("hit = win & (arg == me)")
-        g = load(ctx, 0, "gbase + oh * OW + ow", chan, "hit")
+        g = ctx.load(0, "gbase + oh * OW + ow", chan, "hit")
         ctx.emit(f"acc += tl.where(hit, {g}, 0.0)")
 
     windows_of_pixel(ctx, body)
@@ -204,7 +191,7 @@ def avg_pool2d(ctx) -> None:
     ctx.indent += 1
     ctx.emit("ww = ws + j")
     ctx.emit("ok = mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)")
-    v = load(ctx, 0, "xbase + hh * W + ww", chan, "ok")
+    v = ctx.load(0, "xbase + hh * W + ww", chan, "ok")
     ctx.emit(f"acc += tl.where(ok, {v}, 0.0)")
     ctx.indent -= 2
     div = divisor(ctx, "hs", "ws")
@@ -221,7 +208,7 @@ def avg_pool2d_bwd(ctx) -> None:
     ctx.emit("acc = tl.zeros([BLOCK], dtype=tl.float32)")
 
     def body():
-        g = load(ctx, 0, "gbase + oh * OW + ow", chan, "win")
+        g = ctx.load(0, "gbase + oh * OW + ow", chan, "win")
         div = divisor(ctx, "hs", "ws")
         ctx.emit(f"acc += tl.where(win, {g} / tl.where(win, {div}, 1.0), 0.0)")
 
@@ -247,7 +234,7 @@ def global_avg_pool(ctx) -> None:
     ctx.indent += 1
     ctx.emit("hw = start + cols")
     ctx.emit(f"m = mask[:, None] & (hw[None, :] < {hw})  # (BLOCK_R, BLOCK_HW)")
-    v = load(ctx, 0, f"offs[:, None] * {hw} + hw[None, :]", "chan[:, None]", "m")
+    v = ctx.load(0, f"offs[:, None] * {hw} + hw[None, :]", "chan[:, None]", "m")
     ctx.emit(f"acc += tl.where(m, {v}, 0.0)")
     ctx.indent -= 1
     finish(ctx, ctx.let(f"tl.sum(acc, axis=1) / {hw}  # (BLOCK_R,)"))
@@ -257,7 +244,7 @@ def global_avg_pool_bwd(ctx) -> None:
     _, _, h, w = ctx.out_shape(0)
     nc, _, _, chan = flat(ctx, ctx.out_shape(0), "H", "W")
     hw = ctx.int("HW", h * w)
-    g = load(ctx, 0, nc, chan, "mask")
+    g = ctx.load(0, nc, chan, "mask")
     finish(ctx, ctx.let(f"{g} / {hw}"))
 
 
@@ -268,7 +255,7 @@ def upsample_nearest(ctx) -> None:
     ctx.int("H", ih), ctx.int("W", iw)
     s = ctx.const("S", ctx.attrs["scale"])
     nc, oh, ow, chan = flat(ctx, ctx.out_shape(0), "OH", "OW")
-    v = load(ctx, 0, f"{nc} * H * W + ({oh} // {s}) * W + {ow} // {s}", chan, "mask")
+    v = ctx.load(0, f"{nc} * H * W + ({oh} // {s}) * W + {ow} // {s}", chan, "mask")
     finish(ctx, v)
 
 
@@ -284,7 +271,7 @@ def upsample_nearest_bwd(ctx) -> None:
     ctx.indent += 1
     ctx.emit(f"for j in range({s}):")
     ctx.indent += 1
-    g = load(ctx, 0, "gbase + i * OW + j", chan, "mask")
+    g = ctx.load(0, "gbase + i * OW + j", chan, "mask")
     ctx.emit(f"acc += tl.where(mask, {g}, 0.0)")
     ctx.indent -= 2
     finish(ctx, "acc")

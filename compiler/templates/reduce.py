@@ -26,7 +26,7 @@ chain may map the padding value to anything). Output 0 goes through `ctx.epilogu
 """
 from __future__ import annotations
 
-from . import cdiv, numel
+from . import cdiv, numel, pow2
 
 TILE = 2048            # elements per (rows, columns) tile
 MAX_BLOCK = 1024       # longest tile side along a contiguous reduced extent / a softmax row
@@ -38,7 +38,7 @@ def render(ctx) -> None:
     op = ctx.node.op
     if op == "sum":
         shape = ctx.in_shape(0)
-        reduction(ctx, shape, ctx.attrs["dims"], lambda o, c, m: load(ctx, 0, o, c, m))
+        reduction(ctx, shape, ctx.attrs["dims"], lambda o, c, m: ctx.load(0, o, c, m))
     elif op in ("l1_penalty", "l2_penalty"):
         _penalty(ctx, op)
     elif op == "softmax":
@@ -50,26 +50,6 @@ def render(ctx) -> None:
 
 
 # -- shared pieces -----------------------------------------------------------------------------
-
-def pow2(n: int) -> int:
-    p = 1
-    while p < n:
-        p *= 2
-    return p
-
-
-def load(ctx, i: int, offs: str, chan: str, mask: str, other: str = "0.0") -> str:
-    """Input i at flat offsets `offs`: `ctx.load`, except for a reshaped view whose base has
-    another shape but the same flat layout (the renderer finds no load pattern for it): a
-    plain load from the base buffer."""
-    v = ctx.node.inputs[i]
-    base = ctx.p.base(v)
-    prod = ctx.p.producer.get(id(base))
-    recomputed = prod is not None and (id(prod) in ctx.p.remat or id(base) in ctx.p.inlined)
-    if base is not v and ctx.shape(base) != ctx.in_shape(i) and not recomputed:
-        return ctx.let(f"tl.load({ctx.in_ptr(i)} + {offs}, mask={mask}, other={other})")
-    return ctx.load(i, offs, chan, mask, other)
-
 
 def _tunable(ctx, name: str, default: int, extent: int) -> int:
     """A power-of-two block size the GPU autotuner may halve or double (never past the
@@ -177,7 +157,7 @@ def _penalty(ctx, op: str) -> None:
     strength = ctx.float("STRENGTH", ctx.attrs["strength"])
 
     def term(offs, chan, mask):
-        w = load(ctx, 0, offs, chan, mask)
+        w = ctx.load(0, offs, chan, mask)
         return ctx.let(f"tl.abs({w})" if op == "l1_penalty" else f"{w} * {w}")
 
     shape = ctx.in_shape(0)
@@ -234,7 +214,7 @@ def _softmax(ctx) -> None:
     e = ctx.emit
 
     def x_tile() -> str:          # padding columns are -inf: never the max, exp() = 0
-        x = load(ctx, 0, "offs", "chan", "mask")
+        x = ctx.load(0, "offs", "chan", "mask")
         return ctx.let(f"tl.where(cmask[None, :], {x}, {NEG_INF})")
 
     if rows.one:
@@ -268,8 +248,8 @@ def _softmax_bwd(ctx) -> None:
     e = ctx.emit
 
     def tiles() -> tuple[str, str]:
-        gy = load(ctx, 0, "offs", "chan", "mask")
-        y = load(ctx, 1, "offs", "chan", "mask")
+        gy = ctx.load(0, "offs", "chan", "mask")
+        y = ctx.load(1, "offs", "chan", "mask")
         return gy, y
 
     if rows.one:
