@@ -39,6 +39,18 @@ def render(ctx) -> None:
 
 # -- shared pieces -----------------------------------------------------------------------------
 
+def window_taps(ctx, within: str) -> None:
+    """Open the loops over a window's taps (from `hs`, `ws`): `hh`, `ww`, and `ok` (the tap is
+    in the image and `within` holds); the caller closes them with `ctx.indent -= 2`."""
+    ctx.emit("for i in range(KH):")
+    ctx.indent += 1
+    ctx.emit("hh = hs + i")
+    ctx.emit("for j in range(KW):")
+    ctx.indent += 1
+    ctx.emit("ww = ws + j")
+    ctx.emit(f"ok = {within} & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)")
+
+
 def flat(ctx, shape: tuple, hname: str, wname: str) -> tuple[str, str, str, str]:
     """pid -> offs over an (N, C, H, W) tensor -> mask, and its coordinates: returns the names
     of (nc, h, w, chan), all int64 blocks of BLOCK; its height and width become the int
@@ -120,13 +132,7 @@ def max_pool2d(ctx) -> None:
     ctx.emit(f"hs = {oh} * SH - PH")
     ctx.emit(f"ws = {ow} * SW - PW")
     ctx.emit(f"best = tl.full([BLOCK], {NEG_INF}, tl.float32)")
-    ctx.emit("for i in range(KH):")
-    ctx.indent += 1
-    ctx.emit("hh = hs + i")
-    ctx.emit("for j in range(KW):")
-    ctx.indent += 1
-    ctx.emit("ww = ws + j")
-    ctx.emit("ok = mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)")
+    window_taps(ctx, "mask")
     v = ctx.load(0, "xbase + hh * W + ww", chan, "ok")
     ctx.emit(f"v = tl.where(ok, {v}, {NEG_INF})")
     ctx.emit("best = tl.where((v > best) | (v != v), v, best)   # NaN wins, as in PyTorch")
@@ -152,13 +158,7 @@ def max_pool2d_bwd(ctx) -> None:
         # on only to a strictly larger value (or a NaN)
         ctx.emit(f"best = tl.full([BLOCK], {NEG_INF}, tl.float32)")
         ctx.emit("arg = tl.maximum(hs, 0) * W + tl.maximum(ws, 0)")
-        ctx.emit("for i in range(KH):")
-        ctx.indent += 1
-        ctx.emit("hh = hs + i")
-        ctx.emit("for j in range(KW):")
-        ctx.indent += 1
-        ctx.emit("ww = ws + j")
-        ctx.emit("ok = win & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)")
+        window_taps(ctx, "win")
         ctx.emit(f"v = tl.load({xp} + xbase + hh * W + ww, mask=ok, other=0.0)")
         ctx.emit(f"v = tl.where(ok, v, {NEG_INF})")
         ctx.emit("better = (v > best) | (v != v)")
@@ -184,13 +184,7 @@ def avg_pool2d(ctx) -> None:
     ctx.emit(f"hs = {oh} * SH - PH")
     ctx.emit(f"ws = {ow} * SW - PW")
     ctx.emit("acc = tl.zeros([BLOCK], dtype=tl.float32)")
-    ctx.emit("for i in range(KH):")
-    ctx.indent += 1
-    ctx.emit("hh = hs + i")
-    ctx.emit("for j in range(KW):")
-    ctx.indent += 1
-    ctx.emit("ww = ws + j")
-    ctx.emit("ok = mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)")
+    window_taps(ctx, "mask")
     v = ctx.load(0, "xbase + hh * W + ww", chan, "ok")
     ctx.emit(f"acc += tl.where(ok, {v}, 0.0)")
     ctx.indent -= 2
