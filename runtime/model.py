@@ -90,15 +90,16 @@ class Model:
         xt = self.shape_batch(x, "the data")
         yt = torch.as_tensor(y, device=self.device)
         name = self.spec.graph.inputs[0].input_name
-        total, correct = 0.0, 0
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)   # loss sum, correct
         classify = self.spec.config.loss.name == "cross_entropy"
         with torch.no_grad():
             for i in range(0, len(xt), batch):
                 xb, yb = xt[i:i + batch], yt[i:i + batch]
                 (loss, logits, *_), _, _ = self._eval.run(self.state, {name: xb, "y": yb})
-                total += float(loss) * len(xb)
+                sums[0] += loss.double() * len(xb)          # on the device: one read-back
                 if classify:
-                    correct += int((logits.argmax(dim=1) == yb).sum())
+                    sums[1] += (logits.argmax(dim=1) == yb).sum()
+        total, correct = sums.tolist()
         return {"loss": total / len(xt), "acc": correct / len(xt) if classify else None}
 
     def evaluate(self, split: str = "test") -> dict:
