@@ -407,33 +407,32 @@ def fuse_pass(p: Plan) -> Plan:
     return p
 
 
+BIAS_GRAD_HOSTS = {(0,): "matmul", (0, 2, 3): "conv2d_bwd_weight"}   # sum dims -> anchor
+
+
 def _sibling_target(p: Plan, node: Node, owner: dict) -> Kernel | None:
-    """A kernel this anchor joins as a sibling: a bias gradient sum(A, dims=[0]) inside the
-    matmul that computes A^T @ B, and cross_entropy_bwd inside its cross_entropy."""
-    if node.op == "sum" and tuple(node.attrs["dims"]) == (0,) and len(p.shape(node.inputs[0])) == 2:
-        a = p.base(node.inputs[0])
-        for user in p.consumers.get(id(node.inputs[0]), []):
-            if user.op == "matmul" and user.attrs.get("transpose_a") and user.inputs[0] is node.inputs[0]:
-                k = owner.get(id(user.outputs[0]))
-                if k is not None and k.anchor is user and not k.siblings:
-                    return k
-        del a
-    if node.op == "sum" and tuple(node.attrs["dims"]) == (0, 2, 3) and \
-            len(p.shape(node.inputs[0])) == 4:              # a conv bias gradient
-        for user in p.consumers.get(id(node.inputs[0]), []):
-            if user.op == "conv2d_bwd_weight" and user.inputs[0] is node.inputs[0]:
-                k = owner.get(id(user.outputs[0]))
-                if k is not None and k.anchor is user and not k.siblings:
-                    return k
-    if node.op == "cross_entropy_bwd":
+    """A kernel this anchor joins as a sibling: a bias gradient sum(G, dims) inside the
+    anchor that reads the same G for the weight gradient (the matmul computing Gᵀ X, or
+    conv2d_bwd_weight), and cross_entropy_bwd inside its cross_entropy."""
+    if node.op == "sum":
+        host = BIAS_GRAD_HOSTS.get(tuple(node.attrs["dims"]))
+        g = node.inputs[0]
+        ok = (lambda u: u.op == host and u.inputs[0] is g and
+              (host != "matmul" or (u.attrs.get("transpose_a") and len(p.shape(g)) == 2)))
+        users = p.consumers.get(id(g), []) if host else []
+    elif node.op == "cross_entropy_bwd":
         gy, logits, labels = node.inputs
         prod = p.producer.get(id(gy))
-        for user in p.consumers.get(id(logits), []):
-            if user.op == "cross_entropy" and user.inputs[1] is labels and \
-                    user.attrs == node.attrs and prod is not None and prod.op == "ones_like":
-                k = owner.get(id(user.outputs[0]))
-                if k is not None and k.anchor is user:
-                    return k
+        ok = (lambda u: u.op == "cross_entropy" and u.inputs[1] is labels and
+              u.attrs == node.attrs and prod is not None and prod.op == "ones_like")
+        users = p.consumers.get(id(logits), [])
+    else:
+        return None
+    for user in users:
+        if ok(user):
+            k = owner.get(id(user.outputs[0]))
+            if k is not None and k.anchor is user and not k.siblings:
+                return k
     return None
 
 

@@ -44,6 +44,7 @@ class Compiled:
     graph: object = None             # torch.cuda.CUDAGraph once captured
     runs: int = 0
     tuned: bool = False
+    arena: object = None             # the uint8 tensor behind every intermediate
 
 
 class TritonProgram:
@@ -102,7 +103,6 @@ class TritonProgram:
                     raise NotImplementedError(f"flat state holds float32 only: @{name}")
                 self._views[name] = self._flat[b.offset:b.offset + b.numel].view(b.shape)
         c = Compiled(plan, module, [])
-        values = _values_by_id(plan)
         for i, arg in enumerate(plan.table):
             if arg.kind == "seed":
                 c.table.append(self.seed)
@@ -113,7 +113,6 @@ class TritonProgram:
                 else:
                     c.table.append(arena[off * 4:(off + n) * 4].view(torch.float32))
             else:
-                v = values[arg.key[0]]
                 b = plan.buffers[arg.key[0]]
                 while b.where == "alias":
                     b = b.base
@@ -130,7 +129,6 @@ class TritonProgram:
                     c.fill.append((i, "input", b.name[1:]))
                 else:
                     raise AssertionError(f"no buffer for {b.name} ({b.where})")
-                del v
         c.arena = arena
         return c
 
@@ -254,16 +252,6 @@ class TritonProgram:
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _values_by_id(plan) -> dict:
-    g = plan.graph
-    out = {id(v): v for v in g.inputs}
-    out.update({id(v): v for v in g.state.values()})
-    for n in plan.nodes:
-        for o in n.outputs:
-            out[id(o)] = o
-    return out
 
 
 def _as_input(t, graph, name: str, device) -> torch.Tensor:
