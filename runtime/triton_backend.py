@@ -244,10 +244,21 @@ class TritonProgram:
             t0 = time.perf_counter()
             fn[k.grid](*args)
             sync()
-            scopes = sorted({n.scope for n in k.nodes() if n.scope})
-            covers = ", ".join(n.op for n in k.nodes()) + (f" [{', '.join(scopes)}]" if scopes else "")
-            times.append(KernelTime(k.name, covers, time.perf_counter() - t0))
+            times.append(KernelTime(k.name, _covers(k), time.perf_counter() - t0))
         return times
+
+
+def _covers(k) -> str:
+    """What a kernel computes, for people: its ops (repeats counted) and their layers."""
+    ops: dict[str, int] = {}
+    for n in k.nodes():
+        ops[n.op] = ops.get(n.op, 0) + 1
+    parts = [op if c == 1 else f"{op} x{c}" for op, c in ops.items()]
+    parts += [f"@{name}" for name, _ in k.scalar_updates]
+    if k.advance_seed:
+        parts.append("dropout seed")
+    scopes = sorted({n.scope for n in k.nodes() if n.scope and not k.multi})
+    return ", ".join(parts) + (f" [{', '.join(scopes)}]" if scopes else "")
 
 
 def _interpreted() -> bool:

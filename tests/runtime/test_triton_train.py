@@ -121,3 +121,15 @@ def test_uncovered_op_is_a_located_error(tmp_path, monkeypatch, capsys):
     assert main(["train", str(path), "--backend", "triton", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "no kernels for op 'tanh'" in err and "t.dls:3:" in err
+
+
+def test_profile_names_every_kernel_and_its_layers():
+    spec = dlc.compile_spec(EX / "digits_mlp.dls")
+    g = build_train_graph(spec.graph, spec.config)
+    prog = TritonProgram(g, training=True)
+    ins = {"x": torch.rand(8, 64), "y": torch.randint(0, 10, (8,)), "lr": torch.tensor(1e-3)}
+    times = prog.profile(init_state(g, 0), ins)
+    assert len(times) == prog.launches_per_step == 11
+    covers = [t.covers for t in times]
+    assert "linear, relu [linear1]" in covers and "adam_update x6" in covers
+    assert "@optimizer.step" in covers and all(t.seconds > 0 for t in times)
