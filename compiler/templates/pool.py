@@ -25,9 +25,11 @@ channel, so an elementwise chain before it can be inlined (`triton_prologue = (0
 """
 from __future__ import annotations
 
-from . import cdiv, numel
+from . import cdiv, numel, pow2
 
-BLOCK = 512            # flat elements per program
+BLOCK = 512            # flat elements per program (GPU default; tunable)
+CHOICES = (128, 256, 512, 1024)
+INTERPRETER_BLOCK = 8192   # the interpreter pays per program: few, long ones
 BLOCK_R = 16           # global average pool: (n, c) rows per program
 BLOCK_HW = 64          # global average pool: positions per loop step
 NEG_INF = 'float("-inf")'
@@ -59,8 +61,10 @@ def flat(ctx, shape: tuple, hname: str, wname: str) -> tuple[str, str, str, str]
     total = numel(shape)
     n = ctx.int("n", total)
     cc, hh, ww = ctx.int("C", c), ctx.int(hname, h), ctx.int(wname, w)
-    blk = ctx.const("BLOCK", BLOCK)
-    ctx.grid = (max(1, cdiv(total, BLOCK)),)
+    default = min(INTERPRETER_BLOCK, max(16, pow2(total))) if ctx.interpreted else BLOCK
+    block = ctx.tunable("BLOCK", default, CHOICES)
+    blk = "BLOCK"
+    ctx.grid = (max(1, cdiv(total, block)),)
     ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * {blk} + tl.arange(0, {blk})  # (BLOCK,)")
     ctx.emit(f"mask = offs < {n}")
     h_, w_ = hname.lower(), wname.lower()
