@@ -36,7 +36,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     | tee -a "$OUT/gpu.txt"
 echo "== kernels compiled on the GPU vs the reference backend (fp32, TF32 off)"
-TRITON_INTERPRET=0 DLC_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -x -p no:cacheprovider \
+TRITON_INTERPRET=0 DLC_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
     tests/kernels 2>&1 | tail -15 | tee "$OUT/kernels.txt"
 echo "== training steps on the GPU vs the reference trajectory"
 TRITON_INTERPRET=0 DLC_TEST_DEVICE=cuda timeout 90 python3 -m pytest -q -x -p no:cacheprovider \

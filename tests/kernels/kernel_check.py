@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
 
 from dlc.compiler.autodiff import backward
@@ -19,6 +20,8 @@ from dlc.runtime.triton_backend import TritonProgram
 
 
 DEVICE = os.environ.get("DLC_TEST_DEVICE", "cpu")
+# tests that drive a program by hand on CPU tensors; run_both-based tests follow DEVICE
+cpu_only = pytest.mark.skipif(DEVICE != "cpu", reason="written for CPU tensors")
 if DEVICE.startswith("cuda"):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False

@@ -8,7 +8,7 @@ import torch
 from dlc.compiler.ir import Graph, TensorType
 from dlc.compiler.ops import Builder
 
-from .kernel_check import op_graph, plan_of, run_both
+from .kernel_check import op_graph, plan_of, run_both, cpu_only
 
 gen = torch.Generator().manual_seed(0)
 
@@ -54,6 +54,7 @@ def test_penalty_and_mse_gradients_with_scalar_operand():
     run_both(g, ins)
 
 
+@cpu_only
 def test_dropout_mask_regenerated_in_backward():
     """The mask is recomputed from the seed where it is used: forward and backward agree,
     about p of the values are dropped, the kept ones are scaled by 1/(1-p)."""
@@ -90,6 +91,7 @@ def test_pending_producer_of_another_shape_runs_before_its_consumer():
             made[id(v)] = k.index
 
 
+@cpu_only
 def test_dropout_after_flatten_fuses_into_the_pool_epilogue():
     """pool -> flatten -> dropout: the mask and product run in the pool kernel at flat
     offsets; every value is 0 or the pooled value / (1-p)."""

@@ -14,7 +14,7 @@ from dlc.compiler.ops import Builder
 from dlc.compiler.templates import loss as loss_t
 from dlc.runtime.triton_backend import TritonProgram
 
-from .kernel_check import op_graph, run_both
+from .kernel_check import op_graph, run_both, cpu_only
 
 gen = torch.Generator().manual_seed(0)
 
@@ -44,6 +44,7 @@ def _train_graph(eps: float, v: int, chain: str = "") -> Graph:
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("n,v", [(5, 10), (5, 37), (70, 10), (70, 37)])
+@cpu_only
 def test_cross_entropy(eps, n, v):
     """The loss alone (its own kernel, one program), against the reference and torch."""
     g = op_graph("cross_entropy", [("N", v), ("N",)], {"label_smoothing": eps},
@@ -58,6 +59,7 @@ def test_cross_entropy(eps, n, v):
 
 @pytest.mark.parametrize("eps", [0.0, 0.1])
 @pytest.mark.parametrize("n,v", [(5, 10), (70, 37), (3, 1100)])
+@cpu_only
 def test_cross_entropy_and_gradient_in_one_kernel(eps, n, v):
     """The training pattern: gy = ones_like(loss), so cross_entropy_bwd is the loss kernel's
     sibling; loss and gradient match the reference (and torch's autograd)."""

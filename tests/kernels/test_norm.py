@@ -9,7 +9,7 @@ import torch
 from dlc.compiler.ir import Graph, TensorType
 from dlc.compiler.ops import Builder
 
-from .kernel_check import op_graph, plan_of, run_both
+from .kernel_check import op_graph, plan_of, run_both, cpu_only
 
 gen = torch.Generator().manual_seed(0)
 
@@ -42,6 +42,7 @@ def test_batch_norm_train_outputs_and_gradients(shape):
     assert ops == ["batch_norm_train", "batch_norm_train_bwd"]
 
 
+@cpu_only
 def test_batch_norm_train_matches_torch_directly():
     """The oracle itself against torch's training-mode batch norm, on an offset input."""
     x = rnd(4, 6, 5, 3) * 3.0 + 10.0
@@ -173,6 +174,7 @@ def test_local_response_norm_and_backward(shape, attrs):
     assert ops == ["local_response_norm", "local_response_norm_bwd"]
 
 
+@cpu_only
 def test_local_response_norm_matches_torch_module():
     x = rnd(2, 6, 3, 4)
     g = op_graph("local_response_norm", [(2, 6, 3, 4)],

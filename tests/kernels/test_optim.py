@@ -12,6 +12,8 @@ from dlc.runtime.reference import ReferenceProgram
 from dlc.runtime.state import init_state
 from dlc.runtime.triton_backend import TritonProgram
 
+from .kernel_check import cpu_only
+
 OPTIMIZERS = [
     "sgd(lr=0.1)", "sgd(lr=0.1, weight_decay=1e-2)", "sgd(lr=0.1, momentum=0.9)",
     "sgd(lr=0.05, momentum=0.5, nesterov=true, weight_decay=1e-2)",
@@ -36,6 +38,7 @@ train {{
 
 
 @pytest.mark.parametrize("opt", OPTIMIZERS)
+@cpu_only
 def test_fused_update_matches_reference(opt, tmp_path):
     path = tmp_path / "m.dls"
     path.write_text(SPEC.format(opt=opt))

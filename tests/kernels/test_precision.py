@@ -10,7 +10,7 @@ import dlc
 from dlc.compiler.emit import train_plan
 from dlc.runtime.triton_backend import TritonProgram
 
-from .kernel_check import op_graph
+from .kernel_check import DEVICE, op_graph
 
 gen = torch.Generator().manual_seed(0)
 
@@ -21,7 +21,7 @@ def bf(t):
 
 def run(g, inputs):
     g.precision = "bf16"
-    return TritonProgram(g, training=False).run({}, inputs)[0][0]
+    return TritonProgram(g, training=False, device=DEVICE).run({}, inputs)[0][0].cpu()
 
 
 def test_linear_bf16_operands_fp32_accumulation():
