@@ -14,6 +14,14 @@ from typing import Any
 Dim = int | str          # a static size, or a symbol such as "N" or "H"
 
 
+def numel(shape) -> int:
+    """The element count of a concrete shape (1 for a scalar)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[Dim, ...]

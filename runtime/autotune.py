@@ -42,7 +42,8 @@ def _device_name(device) -> str:
 
 
 def _key(k, device_name: str) -> str:
-    sizes = ",".join(a for a in k.args if not a.startswith("b["))
+    from ..compiler.render import TableRef
+    sizes = ",".join(repr(a) for a in k.argv if not isinstance(a, TableRef))
     return f"{k.name}|{sizes}|{device_name}"
 
 
@@ -70,7 +71,7 @@ def configs_of(k) -> list[dict]:
 def tune(plan, table: list, device, *, reps: int = 5) -> dict[int, dict]:
     """{kernel index: best config} for every tunable kernel of `plan`, timing variants on
     `table` (the materialised argument table of the default plan)."""
-    from ..compiler.render import render_kernel
+    from ..compiler.render import ArgTable, launch_args, render_kernel
     cache = _load_cache()
     name = _device_name(device)
     chosen: dict[int, dict] = {}
@@ -90,7 +91,7 @@ def tune(plan, table: list, device, *, reps: int = 5) -> dict[int, dict]:
     for k, key in todo:
         for cfg in configs_of(k):
             v = copy.copy(k)
-            render_kernel(plan, v, list(plan.table), cfg)
+            render_kernel(plan, v, ArgTable(plan.table), cfg)
             sources.setdefault(v.name, v.source)
             variants.append((k, key, cfg, v))
     module_src = "import triton\nimport triton.language as tl\n\n\n" + "\n\n".join(sources.values())
@@ -98,7 +99,7 @@ def tune(plan, table: list, device, *, reps: int = 5) -> dict[int, dict]:
     timings: dict[str, list] = {}
     for k, key, cfg, v in variants:
         fn = getattr(module, v.name)
-        args = [eval(a, {"b": table}) for a in v.args]
+        args = launch_args(v, table)
         try:
             t = _time(fn, v.grid, args, device, reps)
         except Exception:                 # a configuration that does not compile or fit

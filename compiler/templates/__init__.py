@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import importlib
 
+from ..ir import numel  # noqa: F401  (templates import it from here)
+
 FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy")
 
 
@@ -26,11 +28,6 @@ def cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def numel(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
 
 
 def pow2(n: int) -> int:

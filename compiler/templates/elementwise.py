@@ -65,11 +65,15 @@ def _multi(ctx) -> None:
     k, p = ctx.k, ctx.p
     nodes = k.multi
     total = sum(numel(ctx.shape(n.outputs[0])) for n in nodes)
-    block = _block(ctx, total) if total else ctx.const("BLOCK", 16) and 16
+    if total:
+        block = _block(ctx, total)
+    else:                                   # scalar state updates only: one small program
+        block = 16
+        ctx.const("BLOCK", block)
     blk = "BLOCK"
     n = ctx.int("n", total)
     ctx.grid = (max(1, cdiv(total, block)),)
-    ctx.emit(f"pid = tl.program_id(0)")
+    ctx.emit("pid = tl.program_id(0)")
     ctx.emit(f"offs = pid.to(tl.int64) * {blk} + tl.arange(0, {blk})")
     ctx.emit(f"mask = offs < {n}")
     known: dict = {}

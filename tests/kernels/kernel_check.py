@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from dlc.compiler.autodiff import backward
-from dlc.compiler.ir import Graph, StateSpec, TensorType
+from dlc.compiler.ir import Graph, TensorType
 from dlc.compiler.ops import Builder
-from dlc.compiler.plan import bind_inputs, make_plan
+from dlc.compiler.kernels import bind_inputs
+from dlc.compiler.plan import make_plan
 from dlc.runtime.reference import ReferenceProgram
 from dlc.runtime.triton_backend import TritonProgram
 

@@ -150,6 +150,6 @@ def test_blocks_are_gpu_sized_and_source_is_size_free():
     assert plan.kernels[0].name == plan.kernels[1].name
     for k in plan.kernels:
         names = [p.split(":")[0] for p in k.source.split("(", 1)[1].split(")", 1)[0].split(", ")]
-        consts = dict(zip(names, k.args))
+        consts = dict(zip(names, k.argv))
         assert all(int(consts[b]) >= 16 for b in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
         assert set(k.tunables) == {"BLOCK_M", "BLOCK_N", "BLOCK_K"}

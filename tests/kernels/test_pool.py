@@ -9,7 +9,7 @@ import torch
 from dlc.compiler.autodiff import backward
 from dlc.compiler.ir import Graph, TensorType
 from dlc.compiler.ops import Builder
-from dlc.compiler.plan import eval_dim
+from dlc.compiler.kernels import eval_dim
 
 from .kernel_check import op_graph, run_both
 

@@ -36,7 +36,7 @@ def _inputs(g, shape, loss, gen, batch=3):
     x = torch.randn(batch, *shape, generator=gen)
     out = g.outputs[1].type if loss == "mse" else None
     if loss == "mse":
-        from dlc.compiler.plan import bind_inputs, concrete
+        from dlc.compiler.kernels import bind_inputs, concrete
         env = bind_inputs(g, {"x": tuple(x.shape)})
         y = torch.randn(*concrete(out, env), generator=gen)
     else:
