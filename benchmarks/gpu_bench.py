@@ -162,7 +162,8 @@ def run_workload(w: dict, device: str, args) -> dict:
     import torch
 
     import dlc
-    from dlc.runtime.bench import compare_baselines, loss_check, prepare, ratios
+    from dlc.runtime.baselines import compare_baselines, loss_check, ratios
+    from dlc.runtime.bench import prepare
     log(f"workload {w['key']}: {w['name']}")
     out = {"key": w["key"], "name": w["name"], "spec": w["spec"], "sets": w["sets"],
            "batch": args.batch, "dlc": None, "dlc_refused": None, "baselines": [],
@@ -283,13 +284,8 @@ def _mem(b) -> str:
     return "-" if b is None else f"{b / 2**20:,.0f} MiB"
 
 
-def _table(rows: list[list[str]], right: set[int]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.rjust(w) if i in right else c.ljust(w)
-                      for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
-
-
 def format_table(result: dict) -> str:
+    from dlc.compiler.emit import text_table
     m = result["machine"]
     lines = [f"gpu_bench{' --dry' if result['dry'] else ''}: {m['device_name']}, torch "
              f"{m['torch']}, triton {m['triton']}, batch {result['batch']}, "
@@ -336,7 +332,7 @@ def format_table(result: dict) -> str:
             notes.append(f"{w['key']}: same network: first two losses dlc "
                          f"{', '.join(f'{x:.5f}' for x in lc['dlc'])}, eager "
                          f"{', '.join(f'{x:.5f}' for x in lc['eager'])}")
-    lines += _table(rows, {2, 3, 4, 5, 6, 7})
+    lines += text_table(rows, {2, 3, 4, 5, 6, 7})
     lines += ["", "dlc/impl: dlc's median step time over that implementation's (below 1: dlc "
                   "is faster). compile cold/warm: dlc's program built and first step run with "
                   "an empty / a populated kernel cache; for a baseline its first call "

@@ -11,7 +11,8 @@ def _n(x) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
-def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+def text_table(rows: list[list[str]], right: set[int]) -> list[str]:
+    """Rows of cells as aligned text lines; columns in `right` are right-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = []
     for r in rows:
@@ -45,7 +46,7 @@ def summary(spec, batch: int = 32) -> str:
     ins = ", ".join(f"{v.input_name}: {v.type}" for v in g.inputs)
     outs = ", ".join(f"{n}: {v.type}" for n, v in zip(g.output_names, g.outputs))
     lines = [f"model {g.name}", f"  inputs:  {ins}", f"  outputs: {outs}", ""]
-    lines += _table(rows, {3, 4, 5})
+    lines += text_table(rows, {3, 4, 5})
     lines += ["",
               f"parameters:        {_n(n_params)} in {len(params)} tensors"
               + (f" (+ {_n(n_buffers)} buffer values)" if n_buffers else ""),
@@ -63,7 +64,7 @@ def params(spec) -> str:
         rows.append([name, "[" + ", ".join(str(d) for d in v.type.shape) + "]",
                      _n(v.type.numel()), v.state.init, v.state.kind])
     total = sum(p.type.numel() for p in g.params())
-    return "\n".join(_table(rows, {2}) + ["", f"total parameters: {_n(total)}"]) + "\n"
+    return "\n".join(text_table(rows, {2}) + ["", f"total parameters: {_n(total)}"]) + "\n"
 
 
 def emit(spec, what: str, batch: int = 32) -> str | bytes:

@@ -15,7 +15,8 @@ import torch
 import dlc
 from dlc.cli import main
 from dlc.compiler.lower import live_nodes
-from dlc.runtime.bench import eager_baseline, prepare
+from dlc.runtime.baselines import eager_baseline
+from dlc.runtime.bench import prepare
 from dlc.runtime.reference import ReferenceProgram
 from dlc.runtime.state import init_state
 
