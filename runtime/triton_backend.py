@@ -63,6 +63,7 @@ class TritonProgram:
         self.compile_seconds = 0.0
         self.cache_hits = 0
         self.cache_misses: list[str] = []
+        self._input_dtypes = {v.input_name: TORCH_DTYPES[v.type.dtype] for v in graph.inputs}
         self.cuda_graphs = (self.device.type == "cuda"
                             and os.environ.get("DLC_CUDA_GRAPH", "1") != "0")
 
@@ -164,7 +165,7 @@ class TritonProgram:
         plan = c.plan
         if plan.flat_state:
             self._load_state(state)
-        inputs = {k: _as_input(v, self.graph, k, self.device) for k, v in inputs.items()}
+        inputs = {k: self._as_input(k, v) for k, v in inputs.items()}
         if not c.tuned:
             self._tune(c, state, inputs)
         if self.cuda_graphs and plan.flat_state:
@@ -195,6 +196,14 @@ class TritonProgram:
             c.module, _, _ = kcache.load(c.plan.module, label=f"{self.graph.name}/tuned",
                                          device=str(self.device))
         self.compile_seconds += time.perf_counter() - t0
+
+    def _as_input(self, name: str, t) -> torch.Tensor:
+        """An input as the kernels read it: on the device, contiguous, of the graph's dtype."""
+        t = torch.as_tensor(t, device=self.device)
+        want = self._input_dtypes[name]
+        if t.dtype != want:
+            t = t.to(want)
+        return t.contiguous()
 
     def _run_captured(self, c: Compiled, state: dict, inputs: dict) -> None:
         """Warm up once, then capture the whole step as one CUDA graph and replay it."""
@@ -240,7 +249,7 @@ class TritonProgram:
         c = self.compiled(shapes)
         if c.plan.flat_state:
             self._load_state(state)
-        inputs = {k: _as_input(v, self.graph, k, self.device) for k, v in inputs.items()}
+        inputs = {k: self._as_input(k, v) for k, v in inputs.items()}
         b = self._bind(c, state, inputs)
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
         times = []
@@ -270,12 +279,3 @@ def _covers(k) -> str:
 
 def _interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _as_input(t, graph, name: str, device) -> torch.Tensor:
-    """An input as the kernels read it: on the device, contiguous, of the graph's dtype."""
-    want = next(v for v in graph.inputs if v.input_name == name).type.dtype
-    t = torch.as_tensor(t, device=device)
-    if t.dtype != TORCH_DTYPES[want]:
-        t = t.to(TORCH_DTYPES[want])
-    return t.contiguous()
