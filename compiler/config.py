@@ -39,6 +39,10 @@ class TrainConfig:
     early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
     penalty: Call | None = None        # l1/l2 parameter-norm penalty added to the training loss
     precision: str = "f32"             # f32 | bf16: the Triton backend's matmul/conv operands
+    augment: list[Call] = field(default_factory=list)   # transforms of each training batch, in order
+    weight_noise: Call | None = None   # std * N(0, 1) added to every weight in each training step
+    shuffle: bool = True               # a fresh permutation of the training split every epoch
+    drop_last: bool = False            # leave out an epoch's last, short batch
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
 
     def to_dict(self) -> dict:
@@ -49,4 +53,12 @@ class TrainConfig:
             "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
             "penalty": self.penalty.to_dict() if self.penalty else None,
             "precision": self.precision,
+            "augment": [c.to_dict() for c in self.augment],
+            "weight_noise": self.weight_noise.to_dict() if self.weight_noise else None,
+            "shuffle": self.shuffle, "drop_last": self.drop_last,
         }
+
+    @property
+    def label_mixer(self) -> Call | None:
+        """The augment chain's mixup or cutmix, which mixes labels as well as examples."""
+        return next((c for c in self.augment if c.name in ("mixup", "cutmix")), None)

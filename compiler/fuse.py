@@ -234,7 +234,7 @@ def _update_kernels(p: Plan, updates: list[Node]) -> list[Kernel]:
         prod = p.producer.get(id(p.base(v)))
         if prod is not None and id(prod) in p.remat:
             scalars.append((name, v))
-    dropout = p.training and any(n.op == "dropout_mask" for n in p.nodes)
+    dropout = p.training and any(get(n.op).random for n in p.nodes)
     last = [Kernel("elementwise", multi=ns, pos=len(p.nodes)) for ns in ema]
     if (scalars or dropout) and not last:
         last.append(Kernel("elementwise", pos=len(p.nodes)))

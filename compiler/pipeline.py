@@ -1,6 +1,6 @@
 """The compiler's pipelines: every graph dlc runs is made by a straight list of named passes.
 
-    TRAIN  lower-train -> add-loss -> autodiff -> optimizer -> dce -> verify
+    TRAIN  lower-train -> weight-noise -> add-loss -> autodiff -> optimizer -> dce -> verify
     EVAL   lower-eval  -> add-loss -> dce -> verify
     INFER  lower-eval  -> dce -> verify
 
@@ -61,15 +61,50 @@ def penalized(g: Graph) -> list[Value]:
     return [v for v in g.state.values() if v.state.trainable and v.type.rank >= 2]
 
 
+def weight_noise(g: Graph, ctx: PassContext) -> Graph:
+    """`weight_noise(std)`: every weight w (as `penalized`) is read by the forward pass as
+    w + gaussian_noise(w) {std}, a fresh draw each step; the optimizer, the penalty and the
+    gradient's target stay the clean w (d(w + noise)/dw = 1)."""
+    wn = ctx.config.weight_noise
+    if wn is None or wn.args["std"] == 0:
+        return g
+    forward, g.nodes = g.nodes, []
+    b = Builder(g, loc=wn.span)
+    noisy = {}
+    for w in penalized(g):
+        scope = w.state.name
+        eps = b.emit1("gaussian_noise", [w], {"std": float(wn.args["std"])}, scope=scope)
+        noisy[id(w)] = b.emit1("add", [w, eps], scope=scope)
+    for node in forward:
+        node.inputs = [noisy.get(id(v), v) for v in node.inputs]
+    g.nodes += forward
+    return g
+
+
+def mixed_loss(g: Graph, b: Builder, cfg: TrainConfig, y: Value) -> Value:
+    """A batch mixed by mixup/cutmix: lam_a * loss(z, y) + lam_b * loss(z, y_b), with
+    inputs %y_b (each example's partner's label), %lam_a = λ and %lam_b = 1 - λ."""
+    z = g.outputs[0]
+    y_b = g.add_input("y_b", y.type)
+    lam_a, lam_b = g.add_input("lam_a", TensorType(())), g.add_input("lam_b", TensorType(()))
+    terms = [b.emit1("mul", [b.emit1(cfg.loss.name, [z, labels], dict(cfg.loss.args)), lam])
+             for labels, lam in ((y, lam_a), (y_b, lam_b))]
+    return b.emit1("add", terms)
+
+
 def add_loss(g: Graph, ctx: PassContext) -> Graph:
     """Input %y and the loss node; outputs become (loss, model outputs...).
 
     In training, a `penalty` setting adds strength * sum(w^2) (l2) or sum(|w|) (l1) over
-    every weight to the loss that is differentiated and reported."""
+    every weight to the loss that is differentiated and reported, and mixup/cutmix with
+    cross-entropy make the loss the λ-weighted sum of the two labels' losses."""
     cfg = ctx.config
     y = g.add_input("y", label_type(g, cfg.loss.name))
     b = Builder(g, loc=cfg.loss.span, scope="loss")
-    ctx.loss = b.emit1(cfg.loss.name, [g.outputs[0], y], dict(cfg.loss.args))
+    if ctx.training and cfg.label_mixer is not None and cfg.loss.name == "cross_entropy":
+        ctx.loss = mixed_loss(g, b, cfg, y)
+    else:
+        ctx.loss = b.emit1(cfg.loss.name, [g.outputs[0], y], dict(cfg.loss.args))
     if ctx.training and cfg.penalty is not None:
         b.loc, b.scope = cfg.penalty.span, "penalty"
         op, attrs = f"{cfg.penalty.name}_penalty", {"strength": cfg.penalty.args["strength"]}
@@ -106,7 +141,8 @@ def verify_pass(g: Graph, ctx: PassContext) -> Graph:
     return verify(g)
 
 
-TRAIN: list[tuple[str, Pass]] = [("lower-train", lower_train), ("add-loss", add_loss),
+TRAIN: list[tuple[str, Pass]] = [("lower-train", lower_train), ("weight-noise", weight_noise),
+                                 ("add-loss", add_loss),
                                  ("autodiff", autodiff), ("optimizer", optimizer),
                                  ("dce", dce), ("verify", verify_pass)]
 EVAL: list[tuple[str, Pass]] = [("lower-eval", lower_eval), ("add-loss", add_loss),

@@ -11,6 +11,7 @@ import time
 import torch
 
 from ..compiler.pipeline import PassContext, add_loss, dce, lower_train, run, verify_pass
+from ..compiler.ops import get as get_op
 from ..spec.diagnostics import UserError
 from .bench import Setup, _sync, summarize, time_steps
 from .state import init_state
@@ -193,7 +194,7 @@ def run_baseline(setup: Setup, name: str, *, steps: int, warmup: int, autocast=N
         if name == "eager":
             fn = step
         elif name == "cuda graph":
-            random = any(n.op == "dropout_mask" for n in setup.train_graph.nodes)
+            random = any(get_op(n.op).random for n in setup.train_graph.nodes)
             fn = _capture_cuda_graph(step, setup.device,
                                      module.ctx.generator if random else None)
         else:

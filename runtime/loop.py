@@ -36,6 +36,7 @@ import yaml
 
 from ..compiler.pipeline import build_train_graph
 from ..spec.diagnostics import UserError
+from .augment import IMAGE_ONLY, Augmented, Augmenter
 from .backends import make_program
 from .data import load
 from .model import Model
@@ -47,18 +48,23 @@ from .state import init_state
 
 class Batches:
     """The batches of a training split of `n` examples: fixed boundaries, and a fresh
-    permutation from the seeded numpy generator every epoch.
+    permutation from the seeded numpy generator every epoch (`shuffle false`: the split's
+    own order every epoch).
 
     A last batch of one example joins the one before it: batch norm cannot normalise a
-    single example in training."""
+    single example in training. `drop_last` leaves a short last batch out instead."""
 
-    def __init__(self, n: int, batch: int | str, seed: int):
+    def __init__(self, n: int, batch: int | str, seed: int, *, shuffle: bool = True,
+                 drop_last: bool = False):
         size = n if batch == "full" else min(batch, n)
         bounds = list(range(0, n, size)) + [n]
-        if len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        if drop_last and len(bounds) > 2 and bounds[-1] - bounds[-2] < size:
+            del bounds[-1]
+        elif len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
             del bounds[-2]
         self.n = n
         self.bounds = bounds                 # batch i is perm[bounds[i]:bounds[i + 1]]
+        self.shuffle = shuffle
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -66,12 +72,18 @@ class Batches:
         return len(self.bounds) - 1
 
     @property
+    def used(self) -> int:
+        """Examples seen per epoch: n, less a dropped last batch."""
+        return self.bounds[-1]
+
+    @property
     def smallest(self) -> int:
         return min(b - a for a, b in zip(self.bounds, self.bounds[1:]))
 
     def epoch(self, device) -> Iterator[torch.Tensor]:
         """The example indices of each batch of the next epoch, on `device`."""
-        perm = torch.as_tensor(self.rng.permutation(self.n), device=device)    # (n,) int64
+        order = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+        perm = torch.as_tensor(order, device=device)                           # (n,) int64
         for a, b in zip(self.bounds, self.bounds[1:]):
             yield perm[a:b]                                                    # (batch,)
 
@@ -85,6 +97,8 @@ class TrainStep:
 
     def __init__(self, train_graph, model: Model, data, seed: int):
         self.device = model.device
+        self.augment = Augmenter(model.spec.config.augment, seed, model.device)
+        self.mixed_loss = any(v.input_name == "y_b" for v in train_graph.inputs)
         self.program = make_program(train_graph, training=True, backend=model.backend,
                                     device=model.device, seed=seed)
         self.state = init_state(train_graph, seed, model.device)    # slots start at zero
@@ -94,6 +108,7 @@ class TrainStep:
         self.y = torch.as_tensor(data.train.y, device=model.device)    # (n,) i64 / (n, k) f32
         self.classify = model.spec.config.loss.name == "cross_entropy"
         self.lr = torch.zeros((), dtype=torch.float32, device=model.device)   # () filled per step
+        self.lam = torch.zeros(2, dtype=torch.float32, device=model.device)   # (2,) λ, 1 - λ
         # (2,) f64: the sum of loss * batch size, and the number of correct predictions
         self.sums = torch.zeros(2, dtype=torch.float64, device=model.device)
 
@@ -102,17 +117,39 @@ class TrainStep:
         y = self.y.index_select(0, idx)                                 # (batch, ...)
         self.lr.fill_(lr)
         inputs = {self.x_name: self.x.index_select(0, idx), "y": y, "lr": self.lr}
+        batch = self.augment(inputs[self.x_name]) if self.augment else None
+        if batch is not None:
+            inputs[self.x_name] = batch.x
+            inputs.update(self._mixed_labels(y, batch))
         (loss, out, *_), updates, _ = self.program.run(self.state, inputs)
         self.state.update(updates)
         self.sums[0].add_(loss, alpha=len(idx))
         if self.classify:
-            self.sums[1].add_((out.argmax(dim=1) == y).sum())
+            self.sums[1].add_(_correct(out, y, batch))
+
+    def _mixed_labels(self, y: torch.Tensor, batch: Augmented) -> dict:
+        """The inputs that say how a mixup/cutmix batch mixed its labels: for cross-entropy
+        the partners' labels and (λ, 1 - λ); regression targets are mixed as the examples."""
+        if batch.perm is None:
+            return {}
+        if not self.mixed_loss:
+            return {"y": batch.lam * y + (1 - batch.lam) * y[batch.perm]}
+        self.lam[0], self.lam[1] = batch.lam, 1.0 - batch.lam
+        return {"y_b": y[batch.perm], "lam_a": self.lam[0], "lam_b": self.lam[1]}
 
     def copy_to(self, model: Model) -> None:
         """Give the model copies of its parameters and buffers: a backend may go on updating
         its own in place (the triton backend's are views of one flat buffer)."""
         for name in model.state:
             model.state[name] = self.state[name].clone()
+
+
+def _correct(out: torch.Tensor, y: torch.Tensor, batch: Augmented | None) -> torch.Tensor:
+    """Correct predictions in a batch; in a mixed batch each label counts by its weight."""
+    hit = (out.argmax(dim=1) == y).sum()
+    if batch is None or batch.perm is None:
+        return hit
+    return batch.lam * hit + (1 - batch.lam) * (out.argmax(dim=1) == y[batch.perm]).sum()
 
 
 class EpochStats(NamedTuple):
@@ -126,13 +163,13 @@ class _Diverged(Exception):
     """The loss became NaN or infinite; the message says when."""
 
 
-def _read_back(sums: torch.Tensor, epoch: int, step: int) -> tuple[float, int]:
+def _read_back(sums: torch.Tensor, epoch: int, step: int) -> tuple[float, float]:
     """The loop's one device-to-host read: the loss sum and correct count of the epoch so
     far. A loss that has become NaN or infinite by `step` of `epoch` raises _Diverged."""
     loss_sum, correct = sums.tolist()
     if not math.isfinite(loss_sum):
         raise _Diverged(f"the loss became {loss_sum} in epoch {epoch}, by step {step}")
-    return loss_sum, int(correct)
+    return loss_sum, correct                     # fractional in mixup/cutmix batches
 
 
 def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
@@ -149,7 +186,8 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
             loss_sum, _ = _read_back(step.sums, epoch, i + 1)
             bar.step(epoch, i + 1, loss_sum / seen)
     loss_sum, correct = _read_back(step.sums, epoch, batches.steps)
-    return EpochStats(loss_sum / batches.n, correct / batches.n if step.classify else None, lr)
+    seen = batches.used
+    return EpochStats(loss_sum / seen, correct / seen if step.classify else None, lr)
 
 
 def _record(model: Model, data, epoch: int, train: EpochStats, t0: float) -> dict:
@@ -228,7 +266,9 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     _check_data(model, data, cfg)
     if init_from is not None:
         model.load(init_from)
-    batches = Batches(len(data.train), cfg.batch, seed)
+    batches = Batches(len(data.train), cfg.batch, seed, shuffle=cfg.shuffle,
+                      drop_last=cfg.drop_last)
+    _check_augment(spec, model)
     _check_batch_norm(spec, batches.smallest)
     stopper = EarlyStopping.from_config(cfg, data)
     step = TrainStep(train_graph, model, data, seed)
@@ -288,6 +328,16 @@ def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
                         f"{out_dir / 'checkpoint.safetensors'}", spec.config.optimizer.span,
                         hint="lower the learning rate")
     return final
+
+
+def _check_augment(spec, model: Model) -> None:
+    """Image transforms need image inputs, (C, H, W) per example."""
+    x = model.spec.graph.inputs[0].type
+    for call in spec.config.augment:
+        if call.name in IMAGE_ONLY and x.rank != 4:
+            raise UserError(f"{call.name} transforms images, but the model's input is {x}",
+                            call.span, hint="the input must be [channels, height, width]; "
+                            "noise and mixup work on any input")
 
 
 def _check_batch_norm(spec, smallest: int) -> None:

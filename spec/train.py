@@ -7,6 +7,7 @@ from ..compiler.config import Call, TrainConfig
 from ..compiler.ops import get as get_op
 from ..compiler.optimizers import OPTIMIZERS, check_optimizer_args
 from ..compiler.ops.registry import Arg
+from ..runtime.augment import AUGMENTS, LABEL_MIXERS, check_augment
 from ..runtime.data import DATASOURCES
 from ..runtime.schedules import SCHEDULES
 from . import ast
@@ -18,6 +19,7 @@ from .values import Symbol
 LOSSES = {"cross_entropy": get_op("cross_entropy").args, "mse": get_op("mse").args}
 PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
              "l1": (Arg("strength", kind="float", doc="multiplies sum(|w|)"),)}
+WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)
 EARLY_STOPPING = (Arg("monitor", "val_loss", kind="name"), Arg("patience", 5, kind="int"),
                   Arg("min_delta", 0.0, kind="float"))
 
@@ -33,6 +35,10 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
     "penalty": ("call", PENALTIES, "penalty l2(1e-4)"),
     "precision": ("precision", None, "precision bf16   (or f32, the default)"),
+    "augment": ("augment", AUGMENTS, "augment crop(padding=4) -> flip -> mixup(0.2)"),
+    "weight_noise": ("weight_noise", None, "weight_noise 0.01   (or weight_noise(std=0.01))"),
+    "shuffle": ("bool", None, "shuffle false"),
+    "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
 }
 PRECISIONS = ("f32", "bf16")
 
@@ -109,6 +115,14 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         raise UserError(f"unknown train setting '{key}'", key_span,
                         hint=did_you_mean(key, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
     kind, table, example = SETTINGS[key]
+    if expr is None and kind == "bool":
+        setattr(cfg, key, True)
+        cfg.spans[key] = key_span
+        return
+    if kind == "augment":
+        cfg.augment = _augment_chain(expr)
+        cfg.spans[key] = key_span
+        return
     if expr is None and kind != "early":
         raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
     value = _ConfigEval().eval(expr, None) if expr is not None else None
@@ -133,6 +147,13 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             raise UserError(f"precision is f32 or bf16, got {describe(value)}", value_span,
                             hint=did_you_mean(str(name), PRECISIONS) or f"for example: {example}")
         cfg.precision = name
+    elif kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{key} is true or false, got {describe(value)}", value_span,
+                            hint=f"for example: {example}")
+        setattr(cfg, key, value)
+    elif kind == "weight_noise":
+        cfg.weight_noise = _weight_noise(value, value_span, example)
     elif kind == "posint":
         setattr(cfg, key, _int(value, key, value_span, 1))
     elif kind == "seed":
@@ -157,6 +178,40 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             raise UserError("patience must be at least 1", call.arg_spans.get("patience"))
         cfg.early_stopping = call
     cfg.spans[key] = key_span
+
+
+def _augment_chain(expr: ast.Node) -> list[Call]:
+    """`augment crop(padding=4) -> flip -> mixup(0.2)`: one checked Call per transform."""
+    steps = expr.steps if isinstance(expr, ast.Chain) else [expr]
+    calls: list[Call] = []
+    for step in steps:
+        call = _as_call(_ConfigEval().eval(step, None), "augment", step.span, AUGMENTS)
+        call.args = {k: list(v) if isinstance(v, tuple) else v for k, v in call.args.items()}
+        problem = check_augment(call)
+        if problem:
+            arg, message = problem
+            raise UserError(f"{call.name}: {message}", call.arg_spans.get(arg, call.span))
+        earlier = next((c for c in calls if c.name in LABEL_MIXERS), None)
+        if call.name in LABEL_MIXERS and earlier is not None:
+            raise UserError("only one of mixup and cutmix can mix a batch's labels",
+                            call.span, notes=[Note(f"{earlier.name} is here", earlier.span)])
+        calls.append(call)
+    return calls
+
+
+def _weight_noise(value, span: Span, example: str) -> Call:
+    """`weight_noise 0.01` or `weight_noise(std=0.01)`."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = _ConfigValue("weight_noise", span, [(float(value), span)], {})
+    if not isinstance(value, _ConfigValue) or value.name not in ("", "weight_noise"):
+        raise UserError(f"weight_noise takes a standard deviation, got {describe(value)}", span,
+                        hint=f"for example: {example}")
+    value.name = "weight_noise"
+    call = _as_call(value, "weight_noise", span, {"weight_noise": WEIGHT_NOISE})
+    if call.args["std"] < 0:
+        raise UserError("weight_noise: std must not be negative",
+                        call.arg_spans.get("std", call.span))
+    return call
 
 
 def resolve_train(trains: list[ast.TrainDef],

@@ -252,6 +252,7 @@ class DropoutMask(Op):
     name = "dropout_mask"
     triton = "remat"
     triton_loads = False
+    random = True
 
     def triton_ew(self, e, ins, attrs):
         """Regenerated from the step's seed wherever it is used (Philox), never stored:
@@ -267,6 +268,38 @@ class DropoutMask(Op):
         keep = 1.0 - attrs["p"]
         mask = torch.empty_like(x).bernoulli_(keep, generator=ctx.generator)
         return (mask / keep,)
+
+    def vjp(self, b, node, gouts, needs):
+        return [None]
+
+
+@register
+class GaussianNoise(Op):
+    """std * N(0, 1) of the input's shape, drawn afresh every step (the seed's noise
+    robustness: `weight_noise` adds it to each weight in the train graph). Like a dropout
+    mask it is a constant to autodiff, so d(w + noise)/dw = 1; the Triton backend
+    regenerates it from the step's seed (Philox) wherever it is used, never storing it."""
+
+    name = "gaussian_noise"
+    triton = "remat"
+    triton_loads = False
+    differentiable = False
+    random = True
+    like = 0
+
+    def infer(self, ins, attrs):
+        if attrs["std"] < 0:
+            raise ShapeError(f"noise std must not be negative, got {attrs['std']}")
+        return [ins[0]]
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(f"tl.randn({e.seed()} + {e.salt()}, {e.offs}.to(tl.int32)) * "
+                      f"{attrs['std']!r}")]
+
+    def forward(self, ins, attrs, ctx):
+        x = ins[0]
+        z = torch.randn(x.shape, generator=ctx.generator, device=x.device, dtype=x.dtype)
+        return (z * attrs["std"],)
 
     def vjp(self, b, node, gouts, needs):
         return [None]

@@ -56,6 +56,7 @@ class Op:
     args: tuple[Arg, ...] = ()          # language signature (bound into attrs)
     n_inputs: int | None = 1            # data inputs from the chain; None: variadic (add, concat)
     differentiable: bool = True         # False: outputs are constants to autodiff (masks, ones)
+    random: bool = False                # draws from the step's random stream (dropout, noise)
     like: int | None = None             # one output typed like input `like` (the default infer)
     doc: str = ""
     # How it lowers to Triton (compiler/plan.py): "elementwise" (`triton_ew` writes it),
