@@ -27,7 +27,7 @@ AUGMENTS: dict[str, tuple[Arg, ...]] = {
     "crop": (Arg("padding", 4, kind="int", doc="zeros added on each side before cropping"),),
     "flip": (Arg("p", 0.5, kind="float", doc="probability of mirroring left-right"),),
     "resized_crop": (Arg("scale", [0.08, 1.0], kind="floats", doc="area fraction range"),
-                     Arg("ratio", [0.75, 4 / 3], kind="floats", doc="aspect ratio range")),
+                     Arg("ratio", [3 / 4, 4 / 3], kind="floats", doc="aspect ratio range")),
     "jitter": (Arg("brightness", 0.2, kind="float"), Arg("contrast", 0.2, kind="float"),
                Arg("saturation", 0.2, kind="float")),
     "cutout": (Arg("size", 8, kind="int", doc="side of the erased square"),

@@ -134,6 +134,8 @@ def synthetic_inputs(spec, batch: int, device, seed: int = 0) -> dict:
         shape = _concrete(label_type(g, spec.config.loss.name).shape[1:], "the target")
         inputs["y"] = torch.randn((batch, *shape), generator=gen)
     inputs["lr"] = torch.tensor(float(spec.config.optimizer.args["lr"]), dtype=torch.float32)
+    if spec.config.label_mixer is not None and spec.config.loss.name == "cross_entropy":
+        inputs.update(y_b=inputs["y"].roll(1), lam_a=torch.tensor(0.7), lam_b=torch.tensor(0.3))
     return {k: t.to(device) for k, t in inputs.items()}
 
 

@@ -51,8 +51,9 @@ class Batches:
     permutation from the seeded numpy generator every epoch (`shuffle false`: the split's
     own order every epoch).
 
-    A last batch of one example joins the one before it: batch norm cannot normalise a
-    single example in training. `drop_last` leaves a short last batch out instead."""
+    A short last batch of one example joins the one before it: batch norm cannot normalise
+    a single example in training (`batch 1` keeps every batch at one). `drop_last` leaves a
+    short last batch out instead."""
 
     def __init__(self, n: int, batch: int | str, seed: int, *, shuffle: bool = True,
                  drop_last: bool = False):
@@ -60,7 +61,7 @@ class Batches:
         bounds = list(range(0, n, size)) + [n]
         if drop_last and len(bounds) > 2 and bounds[-1] - bounds[-2] < size:
             del bounds[-1]
-        elif len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
+        elif size > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
             del bounds[-2]
         self.n = n
         self.bounds = bounds                 # batch i is perm[bounds[i]:bounds[i + 1]]

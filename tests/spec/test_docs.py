@@ -297,6 +297,11 @@ def _literal(text: str):
         return text == "true"
     if text.startswith('"') and text.endswith('"'):
         return text[1:-1]
+    if text.startswith("[") and text.endswith("]"):                 # scale=[0.08, 1.0]
+        return [_literal(t) for t in text[1:-1].split(",")]
+    if re.fullmatch(r"\d+/\d+", text):                               # ratio=[3/4, 4/3]
+        num, den = text.split("/")
+        return int(num) / int(den)
     for number in (int, float):
         try:
             return number(text.replace("_", ""))
