@@ -63,7 +63,7 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
     """Parse, check and elaborate a `.dls` file into its model graph and train config."""
     from .spec.elaborate import Elaborator
     from .spec.loader import load_module
-    from .spec.train import resolve_train
+    from .spec.train import check_param_groups, resolve_train
 
     path = Path(path)
     if path.suffix != ".dls" and not path.exists():
@@ -90,6 +90,7 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
     except RecursionError:
         raise UserError("the model nests too deeply to elaborate", chosen.span) from None
     config = resolve_train(module.trains, train_sets)
+    check_param_groups(config, graph)
     digest = hashlib.sha256()
     for src in sorted(_sources(path)):
         digest.update(Path(src).read_bytes())

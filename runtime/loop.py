@@ -42,7 +42,7 @@ from .data import load
 from .model import Model
 from .plot import write_curves
 from .progress import Progress
-from .schedules import learning_rate
+from .schedules import Schedule
 from .state import init_state
 
 
@@ -173,14 +173,14 @@ def _read_back(sums: torch.Tensor, epoch: int, step: int) -> tuple[float, float]
     return loss_sum, correct                     # fractional in mixup/cutmix batches
 
 
-def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
+def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedule,
                  bar: Progress) -> EpochStats:
     """One pass over the training split, reading the sums back only when the bar redraws
     and once at the end."""
     step.sums.zero_()
-    base_lr, seen, lr = cfg.optimizer.args["lr"], 0, None
+    seen, lr = 0, None
     for i, idx in enumerate(batches.epoch(step.device)):
-        lr = learning_rate(cfg.schedule, base_lr, epoch - 1 + i / batches.steps, cfg.epochs)
+        lr = schedule.lr((epoch - 1) * batches.steps + i)
         step.run(idx, lr)
         seen += len(idx)
         if bar.due():
@@ -272,6 +272,7 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     _check_augment(spec, model)
     _check_batch_norm(spec, batches.smallest)
     stopper = EarlyStopping.from_config(cfg, data)
+    schedule = _schedule(cfg, data, batches.steps)
     step = TrainStep(train_graph, model, data, seed)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -285,9 +286,10 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     try:
         for epoch in range(1, cfg.epochs + 1):
             t0 = time.perf_counter()
-            train = _train_epoch(step, batches, epoch, cfg, bar)
+            train = _train_epoch(step, batches, epoch, schedule, bar)
             step.copy_to(model)
             record = _record(model, data, epoch, train, t0)
+            schedule.end_epoch(epoch, record)
             outcome.records.append(record)
             with open(metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -339,6 +341,21 @@ def _check_augment(spec, model: Model) -> None:
             raise UserError(f"{call.name} transforms images, but the model's input is {x}",
                             call.span, hint="the input must be [channels, height, width]; "
                             "noise and mixup work on any input")
+
+
+def _schedule(cfg, data, steps: int) -> Schedule:
+    """The run's learning-rate schedule; a UserError when plateau monitors a metric the data
+    cannot give."""
+    sched = cfg.schedule
+    if sched.name == "plateau":
+        monitor = sched.args["monitor"]
+        if monitor.startswith("val_") and len(data.val) == 0:
+            raise UserError(f"plateau monitors {monitor}, but there is no validation split "
+                            "(set val > 0 in data)", sched.span, hint="monitor train_loss")
+        if monitor == "val_acc" and data.classes is None:
+            raise UserError("plateau monitors val_acc, but the targets are not classes",
+                            sched.span, hint="monitor val_loss")
+    return Schedule(sched, cfg.optimizer.args["lr"], cfg.epochs, steps)
 
 
 def _check_batch_norm(spec, smallest: int) -> None:

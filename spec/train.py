@@ -5,11 +5,11 @@ from typing import Any
 
 from ..compiler.config import Call, TrainConfig
 from ..compiler.ops import get as get_op
-from ..compiler.optimizers import OPTIMIZERS, check_optimizer_args
+from ..compiler.optimizers import CLIPS, MATCH_NAMES, OPTIMIZERS, check_optimizer_args
 from ..compiler.ops.registry import Arg
 from ..runtime.augment import AUGMENTS, LABEL_MIXERS, check_augment
 from ..runtime.data import DATASOURCES
-from ..runtime.schedules import SCHEDULES
+from ..runtime.schedules import SCHEDULES, check_schedule_args
 from . import ast
 from .bind import bind, describe
 from .diagnostics import Note, Span, UserError, did_you_mean
@@ -39,7 +39,10 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "weight_noise": ("weight_noise", None, "weight_noise 0.01   (or weight_noise(std=0.01))"),
     "shuffle": ("bool", None, "shuffle false"),
     "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
+    "clip": ("call", CLIPS, "clip norm(1.0)   (or value(0.5))"),
+    "params": ("group", None, 'params("*.bias", weight_decay=0)'),
 }
+REPEATABLE = ("params",)
 PRECISIONS = ("f32", "bf16")
 
 
@@ -94,6 +97,12 @@ def _as_call(value: Any, key: str, span: Span, table: dict) -> Call:
         raise UserError(f"unknown {key} '{value.name}'", value.span,
                         hint=did_you_mean(value.name, table) or
                         f"choose one of: {', '.join(sorted(table))}")
+    kinds = {a.name: a.kind for a in table[value.name]}
+    named = lambda k, v: v.name if isinstance(v, Symbol) and kinds.get(k) == "name" else v  # noqa
+    value.keyword = {k: (named(k, v), s) for k, (v, s) in value.keyword.items()}
+    value.positional = [(named(a.name, v), s) for (v, s), a in
+                        zip(value.positional, table[value.name])] + value.positional[
+                            len(table[value.name]):]
     args = bind(table[value.name], value.positional, value.keyword, value.name, value.span)
     arg_spans = {k: s for k, (_, s) in value.keyword.items()}
     for (_, s), a in zip(value.positional, table[value.name]):
@@ -132,6 +141,11 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             problem = check_optimizer_args(call)
             if problem:
                 raise UserError(f"optimizer {call.name}: {problem}", call.span)
+        if key == "schedule" and check_schedule_args(call):
+            arg, problem = check_schedule_args(call)
+            raise UserError(f"schedule {call.name}: {problem}", call.arg_spans.get(arg, call.span))
+        if key == "clip" and next(iter(call.args.values())) <= 0:
+            raise UserError(f"clip {call.name}: the limit must be positive", call.span)
         if key == "penalty" and call.args["strength"] < 0:
             raise UserError("a penalty's strength must not be negative",
                             call.arg_spans.get("strength", call.span))
@@ -141,6 +155,8 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             cfg.batch = "full"
         else:
             cfg.batch = _int(value, "batch", value_span, 1)
+    elif kind == "group":
+        cfg.param_groups.append(_param_group(value, value_span, example))
     elif kind == "precision":
         name = value.name if isinstance(value, Symbol) else None
         if name not in PRECISIONS:
@@ -214,6 +230,79 @@ def _weight_noise(value, span: Span, example: str) -> Call:
     return call
 
 
+def _param_group(value, span: Span, example: str) -> Call:
+    """`params(PATTERN, setting=value, ...)`, unchecked against the optimizer yet: a Call
+    named `params` holding `match` and the settings written."""
+    if isinstance(value, (str, list, Symbol)):            # `params("*.bias")`: a pattern alone
+        value = _ConfigValue("params", span, [(value, span)], {})
+    if not isinstance(value, _ConfigValue) or value.name not in ("", "params"):
+        raise UserError(f"params takes a pattern and settings, got {describe(value)}", span,
+                        hint=f"for example: {example}")
+    kw = dict(value.keyword)
+    if len(value.positional) > 1:
+        raise UserError("params takes one pattern (a list for several) before its settings",
+                        value.positional[1][1])
+    if value.positional:
+        if "match" in kw:
+            raise UserError("the pattern is given twice (positionally and as match=)",
+                            kw["match"][1])
+        kw["match"] = value.positional[0]
+    if "match" not in kw:
+        raise UserError("params needs a pattern: which parameters the settings are for", span,
+                        hint=f"for example: {example}")
+    m, mspan = kw["match"]
+    items = m if isinstance(m, list) else [m]
+    pats = [i.name if isinstance(i, Symbol) else i for i in items]
+    for p in pats:
+        if not isinstance(p, str):
+            raise UserError(f"a params pattern is a string such as \"*.bias\" or one of "
+                            f"biases, norms; got {describe(p)}", mspan)
+        if "*" not in p and "?" not in p and "[" not in p and "." not in p and \
+                p not in MATCH_NAMES:
+            raise UserError(f"unknown parameter set '{p}'", mspan,
+                            hint=did_you_mean(p, MATCH_NAMES) or
+                            'write a name pattern in quotes ("block3.*"), or biases, norms')
+    kw["match"] = (pats if isinstance(m, list) else pats[0], mspan)
+    if len(kw) == 1:
+        raise UserError("params sets nothing for its parameters", span,
+                        hint=f"for example: {example}")
+    return Call("params", {k: v for k, (v, _) in kw.items()}, span,
+                {k: s for k, (_, s) in kw.items()})
+
+
+def _check_param_groups(cfg: TrainConfig) -> None:
+    """Each group's settings are the optimizer's own arguments, of the right kinds."""
+    opt = cfg.optimizer
+    sig = OPTIMIZERS[opt.name]
+    for group in cfg.param_groups:
+        given = {k: (v, group.arg_spans.get(k)) for k, v in group.args.items() if k != "match"}
+        for k, (_, sp) in given.items():
+            if k not in {a.name for a in sig}:
+                raise UserError(f"'{k}' is not a setting of optimizer {opt.name}", sp,
+                                hint=did_you_mean(k, [a.name for a in sig]) or
+                                f"{opt.name} takes: {', '.join(a.name for a in sig)}")
+        merged = bind(sig, [], {**{k: (v, opt.arg_spans.get(k)) for k, v in opt.args.items()},
+                                **given}, opt.name, group.span)
+        problem = check_optimizer_args(Call(opt.name, merged))
+        if problem:
+            raise UserError(f"params: {problem}", group.span)
+        group.args.update({k: merged[k] for k in given})
+
+
+def check_param_groups(cfg: TrainConfig, graph) -> None:
+    """Every pattern of every `params` group matches at least one trainable parameter."""
+    from ..compiler.optimizers import group_members
+    names = [v.state.name for v in graph.state.values() if v.state.trainable]
+    for group in cfg.param_groups:
+        for pat, members in group_members(graph, group).items():
+            if not members:
+                raise UserError(f"params pattern '{pat}' matches no parameter of "
+                                f"{graph.name}", group.arg_spans.get("match", group.span),
+                                hint=did_you_mean(pat, names) or
+                                f"parameters: {', '.join(names[:6])}"
+                                f"{', ...' if len(names) > 6 else ''}")
+
+
 def resolve_train(trains: list[ast.TrainDef],
                   overrides: list[tuple[str, Span, ast.Node]]) -> TrainConfig:
     cfg = TrainConfig()
@@ -223,7 +312,7 @@ def resolve_train(trains: list[ast.TrainDef],
     seen: dict[str, Span] = {}
     for t in trains:
         for s in t.settings:
-            if s.key in seen:
+            if s.key in seen and s.key not in REPEATABLE:
                 raise UserError(f"'{s.key}' is set twice", s.key_span,
                                 notes=[Note("first set here", seen[s.key])])
             seen[s.key] = s.key_span
@@ -236,4 +325,5 @@ def resolve_train(trains: list[ast.TrainDef],
         setattr(cfg, key, Call(call.name, bind(table[call.name], [], dict(
             (k, (v, call.arg_spans.get(k))) for k, v in call.args.items()), call.name, call.span),
             call.span, call.arg_spans))
+    _check_param_groups(cfg)
     return cfg
