@@ -24,18 +24,16 @@ from dlc.runtime.state import init_state
 from test_optimizers import MLP as BASE_MLP                 # tests/runtime, on sys.path
 from test_optimizers import PARAMS, torch_forward
 
-MLP = """
-model Mlp {{
-    input x: f32[6]
-    linear(8) -> tanh
-    linear(5) -> relu
-    linear(3)
-}}
-train {{
-    optimizer {optimizer}
-{extra}
-}}
-"""
+
+
+class MLP:
+    """test_optimizers.py's MLP (the same torch_forward), with more train settings."""
+
+    @staticmethod
+    def format(optimizer: str, extra: str) -> str:
+        return BASE_MLP.format(optimizer=optimizer).rstrip()[:-1] + extra + "}\n"
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: one thread is fastest, above all on a shared machine."""
@@ -45,7 +43,6 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-PARAMS = [f"linear{i}.{k}" for i in (1, 2, 3) for k in ("weight", "bias")]
 STEPS = 100
 
 
