@@ -42,7 +42,8 @@ def test_run_directory_contract(trained):
     assert [r["epoch"] for r in records] == list(range(1, 31))
     for r in records:
         assert {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(r)
-        assert r["lr"] > 0 and r["seconds"] >= 0 and 0 <= r["val_acc"] <= 1
+        assert r["lr"] >= 0 and r["seconds"] >= 0 and 0 <= r["val_acc"] <= 1
+    assert records[0]["lr"] > 0 and records[-1]["lr"] == 0.0   # cosine ends at min_lr 0
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     final = json.loads((trained / "final.json").read_text())
     assert {"test_loss", "test_acc", "epochs_run", "stopped"} <= set(final)
