@@ -29,6 +29,30 @@ class Call:
 
 
 @dataclass
+class LossTerm:
+    """One loss of a (possibly multi-output) training objective: `loss(output, target)`
+    times `weight`; the objective is the sum of the terms."""
+
+    output: str | None          # the model output it reads; None: the first output
+    call: Call                  # the loss and its own arguments (`label_smoothing`, `ignore`)
+    target: str                 # the data field it compares with: labels, masks, targets, boxes
+    weight: float = 1.0
+    span: Any = None            # where the term was written
+
+
+# the data field a loss compares with when `target=` is not given
+DEFAULT_TARGETS = {"cross_entropy": "labels", "mse": "targets", "pixel_cross_entropy": "masks"}
+# fields the data's `y` array holds (the rest travel as extra named arrays)
+PRIMARY_TARGETS = ("labels", "targets")
+
+
+def target_input(field_name: str) -> str:
+    """The train/eval graph input that carries a data field: `y` for the primary field (class
+    labels or regression targets), else the field's own name (`masks`, `boxes`)."""
+    return "y" if field_name in PRIMARY_TARGETS else field_name
+
+
+@dataclass
 class TrainConfig:
     data: Call = field(default_factory=lambda: Call("digits"))       # where examples come from
     loss: Call = field(default_factory=lambda: Call("cross_entropy"))
@@ -47,6 +71,19 @@ class TrainConfig:
     shuffle: bool = True               # a fresh permutation of the training split every epoch
     drop_last: bool = False            # leave out an epoch's last, short batch
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
+    # `loss (seg=..., aux=...)`: one term per named output; empty: `loss` on the first output
+    terms: list[LossTerm] = field(default_factory=list)
+
+    def loss_terms(self) -> list[LossTerm]:
+        """The objective's terms: the named ones, or the single `loss` on the first output."""
+        if self.terms:
+            return self.terms
+        return [LossTerm(None, self.loss, DEFAULT_TARGETS.get(self.loss.name, "labels"),
+                         1.0, self.loss.span)]
+
+    def target_inputs(self) -> dict[str, str]:
+        """Graph input name -> the data field it carries, for every target the terms read."""
+        return {target_input(t.target): t.target for t in self.loss_terms()}
 
     def to_dict(self) -> dict:
         return {
@@ -61,6 +98,9 @@ class TrainConfig:
             "augment": [c.to_dict() for c in self.augment],
             "weight_noise": self.weight_noise.to_dict() if self.weight_noise else None,
             "shuffle": self.shuffle, "drop_last": self.drop_last,
+            **({"losses": {t.output: {**t.call.to_dict(), "target": t.target,
+                                      "weight": t.weight} for t in self.terms}}
+               if self.terms else {}),
         }
 
     @property

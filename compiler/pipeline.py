@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .autodiff import backward
-from .config import TrainConfig
+from .config import LossTerm, TrainConfig, target_input
 from .ir import Graph, TensorType, Value, print_graph
 from .lower import live_nodes, lower
 from .ops import Builder
@@ -42,12 +42,26 @@ class PassContext:
 Pass = Callable[[Graph, PassContext], Graph]
 
 
-def label_type(model: Graph, loss: str) -> TensorType:
-    """The type of `%y`: class indices for cross-entropy, else the first output's type."""
-    out = model.outputs[0].type
+def target_type(out: TensorType, loss: str) -> TensorType:
+    """The type of a loss's target, given the output it scores: class indices [N] for
+    cross-entropy, a mask [N, H, W] for per-pixel cross-entropy, else the output's type."""
     if loss == "cross_entropy":
         return TensorType((out.shape[0],), "i64")
+    if loss == "pixel_cross_entropy" and out.rank == 4:
+        return TensorType((out.shape[0], *out.shape[2:]), "i64")
     return out
+
+
+def label_type(model: Graph, loss: str) -> TensorType:
+    """The type of `%y`: the target of the first output."""
+    return target_type(model.outputs[0].type, loss)
+
+
+def term_output(g: Graph, term: LossTerm) -> Value:
+    """The model output a loss term scores (its first output when it names none)."""
+    if term.output is None:
+        return g.outputs[0]
+    return g.outputs[g.output_names.index(term.output)]
 
 
 def lower_train(g: Graph, ctx: PassContext) -> Graph:
@@ -84,13 +98,20 @@ def weight_noise(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
-def mixed_loss(g: Graph, b: Builder, cfg: TrainConfig, y: Value) -> Value:
+def _input(g: Graph, name: str, type: TensorType) -> Value:
+    """The graph input `name`, added with `type` if the graph has none yet."""
+    try:
+        return g.input(name)
+    except KeyError:
+        return g.add_input(name, type)
+
+
+def mixed_loss(g: Graph, b: Builder, call, z: Value, y: Value) -> Value:
     """A batch mixed by mixup/cutmix: lam_a * loss(z, y) + lam_b * loss(z, y_b), with
     inputs %y_b (each example's partner's label), %lam_a = λ and %lam_b = 1 - λ."""
-    z = g.outputs[0]
-    y_b = g.add_input("y_b", y.type)
-    lam_a, lam_b = g.add_input("lam_a", TensorType(())), g.add_input("lam_b", TensorType(()))
-    terms = [b.emit1("mul", [b.emit1(cfg.loss.name, [z, labels], dict(cfg.loss.args)), lam])
+    y_b = _input(g, "y_b", y.type)
+    lam_a, lam_b = _input(g, "lam_a", TensorType(())), _input(g, "lam_b", TensorType(()))
+    terms = [b.emit1("mul", [b.emit1(call.name, [z, labels], dict(call.args)), lam])
              for labels, lam in ((y, lam_a), (y_b, lam_b))]
     return b.emit1("add", terms)
 
@@ -102,21 +123,40 @@ def add_loss(g: Graph, ctx: PassContext) -> Graph:
     every weight to the loss that is differentiated and reported, and mixup/cutmix with
     cross-entropy make the loss the λ-weighted sum of the two labels' losses."""
     cfg = ctx.config
-    y = g.add_input("y", label_type(g, cfg.loss.name))
-    b = Builder(g, loc=cfg.loss.span, scope="loss")
-    if ctx.training and cfg.label_mixer is not None and cfg.loss.name == "cross_entropy":
-        ctx.loss = mixed_loss(g, b, cfg, y)
-    else:
-        ctx.loss = b.emit1(cfg.loss.name, [g.outputs[0], y], dict(cfg.loss.args))
+    b = Builder(g, scope="loss")
+    mix = ctx.training and cfg.label_mixer is not None
+    terms = [_loss_term(g, b, term, mix) for term in cfg.loss_terms()]
+    ctx.loss = terms[0] if len(terms) == 1 else b.emit1("add", terms, loc=cfg.spans.get("loss"))
     if ctx.training and cfg.penalty is not None:
         b.loc, b.scope = cfg.penalty.span, "penalty"
         op, attrs = f"{cfg.penalty.name}_penalty", {"strength": cfg.penalty.args["strength"]}
-        terms = [b.emit1(op, [w], attrs, scope=w.state.name) for w in penalized(g)]
-        if terms:
-            ctx.loss = b.emit1("add", [ctx.loss, *terms])
-    g.outputs = [ctx.loss, *g.outputs]
-    g.output_names = ["loss", *g.output_names]
+        penalties = [b.emit1(op, [w], attrs, scope=w.state.name) for w in penalized(g)]
+        if penalties:
+            ctx.loss = b.emit1("add", [ctx.loss, *penalties])
+    model_outputs, names = list(g.outputs), list(g.output_names)
+    g.outputs = [ctx.loss, *model_outputs]
+    g.output_names = ["loss", *names]
+    if len(terms) > 1:                         # each term after the model's outputs
+        g.outputs += terms
+        g.output_names += [f"loss.{t.output}" for t in cfg.loss_terms()]
     return g
+
+
+def _loss_term(g: Graph, b: Builder, term: LossTerm, mix: bool = False) -> Value:
+    """weight * loss(output, target): the target an input named after its data field (`%y`
+    for labels or regression targets, `%masks`, ...), shared by terms that read one field.
+    `mix`: the batch is mixed (mixup/cutmix), so a cross-entropy on the labels is mixed too."""
+    out = term_output(g, term)
+    name = target_input(term.target)
+    target = _input(g, name, target_type(out.type, term.call.name))
+    b.loc = term.span
+    if mix and term.call.name == "cross_entropy" and name == "y":
+        loss = mixed_loss(g, b, term.call, out, target)
+    else:
+        loss = b.emit1(term.call.name, [out, target], dict(term.call.args))
+    if term.weight != 1.0:
+        loss = b.emit1("scale", [loss], {"factor": term.weight})
+    return loss
 
 
 def _lr_input(g: Graph) -> Value:

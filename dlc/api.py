@@ -91,6 +91,8 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
         raise UserError("the model nests too deeply to elaborate", chosen.span) from None
     config = resolve_train(module.trains, train_sets)
     check_param_groups(config, graph)
+    from .spec.objective import check_objective
+    check_objective(graph, config)
     digest = hashlib.sha256()
     for src in sorted(_sources(path)):
         digest.update(Path(src).read_bytes())

@@ -7,7 +7,7 @@ seeded permutation.  Errors in files are `UserError`s naming the file and row.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,12 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
               Arg("val", 0.1, kind="float", doc="fraction of the training images held out")),
     "cifar10": (Arg("root", kind="str", doc="the unpacked cifar-10-batches-py folder"),
                 Arg("val", 0.1, kind="float", doc="fraction of the training images held out")),
+    # generated: images with labels, masks and boxes (runtime/shapes.py)
+    "shapes": (Arg("n", 1000, kind="int", doc="number of images"),
+               Arg("size", 32, kind="int", doc="image height and width"),
+               Arg("max_shapes", 3, kind="int", doc="shapes per image, at most"),
+               Arg("noise", 0.05, kind="float", doc="standard deviation of the pixel noise"),
+               *_SPLITS),
 }
 
 
@@ -41,9 +47,21 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
 class Split:
     x: np.ndarray            # (n, *features) float32
     y: np.ndarray            # (n,) int64, or (n, k) float32
+    # other per-example targets by field name: masks (n, H, W) int64, boxes (n, B, 5) float32
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.x)
+
+    def fields(self) -> list[str]:
+        return ["labels" if self.y.dtype.kind in "iu" else "targets", *self.extra]
+
+    def target(self, input_name: str) -> np.ndarray:
+        """The array a graph's target input reads: `y` or an extra field by name."""
+        return self.y if input_name == "y" else self.extra[input_name]
+
+    def take(self, idx: np.ndarray) -> "Split":
+        return Split(self.x[idx], self.y[idx], {k: v[idx] for k, v in self.extra.items()})
 
 
 @dataclass
@@ -64,6 +82,8 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
         x = (d.data / 16.0).astype(np.float32)               # pixels 0..16 -> 0..1
         y = d.target.astype(np.int64)
         return _split(x, y, a, seed, 10, "digits")
+    if call.name == "shapes":
+        return _shapes(call, seed)
     if call.name in ("mnist", "cifar10"):
         from .formats import read_cifar10, read_mnist
         root = Path(a["root"]).expanduser()
@@ -89,7 +109,21 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
     return _split(x, y, a, seed, classes, path.name)
 
 
-def _split(x, y, a, seed, classes, name) -> Dataset:
+def _shapes(call: Call, seed: int) -> Dataset:
+    from .shapes import CLASSES, generate
+    a = call.args
+    for key, least in (("n", 2), ("size", 8), ("max_shapes", 1)):
+        if a[key] < least:
+            raise UserError(f"shapes: {key} must be at least {least}, got {a[key]}",
+                            call.arg_spans.get(key, call.span))
+    if a["noise"] < 0:
+        raise UserError("shapes: noise must not be negative", call.arg_spans.get("noise", call.span))
+    d = generate(a["n"], a["size"], a["max_shapes"], a["noise"], seed)
+    return _split(d["x"], d["y"], a, seed, len(CLASSES), "shapes",
+                  extra={"masks": d["masks"], "boxes": d["boxes"]})
+
+
+def _split(x, y, a, seed, classes, name, extra: dict | None = None) -> Dataset:
     n = len(x)
     val_frac, test_frac = a["val"], a["test"]
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
@@ -100,7 +134,8 @@ def _split(x, y, a, seed, classes, name) -> Dataset:
     te, va, tr = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
     if len(tr) == 0:
         raise UserError(f"{name}: no training examples left after the splits ({n} in all)")
-    return Dataset(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), classes, name)
+    whole = Split(x, y, dict(extra or {}))
+    return Dataset(whole.take(tr), whole.take(va), whole.take(te), classes, name)
 
 
 def _read_csv(path: Path, label, header: bool, classes: bool, call: Call):

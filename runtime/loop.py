@@ -34,12 +34,13 @@ import numpy as np
 import torch
 import yaml
 
-from ..compiler.pipeline import build_train_graph
+from ..compiler.config import target_input
+from ..compiler.pipeline import build_train_graph, term_output
 from ..spec.diagnostics import UserError
 from .augment import IMAGE_ONLY, Augmented, Augmenter
 from .backends import make_program
 from .data import load
-from .model import Model
+from .model import Model, Objective
 from .plot import write_curves
 from .progress import Progress
 from .schedules import Schedule
@@ -106,27 +107,29 @@ class TrainStep:
         self.state.update(model.state)                                # parameters and buffers
         self.x_name = model.spec.graph.inputs[0].input_name
         self.x = model.shape_batch(data.train.x, f"{data.name} examples")     # (n, *input) f32
-        self.y = torch.as_tensor(data.train.y, device=model.device)    # (n,) i64 / (n, k) f32
-        self.classify = model.spec.config.loss.name == "cross_entropy"
+        self.objective = Objective(model.spec, train_graph)
+        # target inputs: y (n,) i64 / (n, k) f32, masks (n, H, W) i64, ...
+        self.targets = {name: torch.as_tensor(data.train.target(name), device=model.device)
+                        for name in self.objective.inputs}
+        self.classify = self.objective.classify
         self.lr = torch.zeros((), dtype=torch.float32, device=model.device)   # () filled per step
         self.lam = torch.zeros(2, dtype=torch.float32, device=model.device)   # (2,) λ, 1 - λ
-        # (2,) f64: the sum of loss * batch size, and the number of correct predictions
-        self.sums = torch.zeros(2, dtype=torch.float64, device=model.device)
+        # f64: the sum of loss * batch size, the number of correct predictions, and what else
+        # the objective measures (Objective in runtime/model.py)
+        self.sums = self.objective.zeros(model.device)
 
     def run(self, idx: torch.Tensor, lr: float) -> None:
         """One optimizer step on the examples `idx` at learning rate `lr`."""
-        y = self.y.index_select(0, idx)                                 # (batch, ...)
+        targets = {k: v.index_select(0, idx) for k, v in self.targets.items()}  # (batch, ...)
         self.lr.fill_(lr)
-        inputs = {self.x_name: self.x.index_select(0, idx), "y": y, "lr": self.lr}
+        inputs = {self.x_name: self.x.index_select(0, idx), **targets, "lr": self.lr}
         batch = self.augment(inputs[self.x_name]) if self.augment else None
         if batch is not None:
             inputs[self.x_name] = batch.x
-            inputs.update(self._mixed_labels(y, batch))
-        (loss, out, *_), updates, _ = self.program.run(self.state, inputs)
+            inputs.update(self._mixed_labels(targets["y"], batch))
+        outs, updates, _ = self.program.run(self.state, inputs)
         self.state.update(updates)
-        self.sums[0].add_(loss, alpha=len(idx))
-        if self.classify:
-            self.sums[1].add_(_correct(out, y, batch))
+        self.objective.accumulate(self.sums, outs, targets, batch)
 
     def _mixed_labels(self, y: torch.Tensor, batch: Augmented) -> dict:
         """The inputs that say how a mixup/cutmix batch mixed its labels: for cross-entropy
@@ -145,32 +148,26 @@ class TrainStep:
             model.state[name] = self.state[name].clone()
 
 
-def _correct(out: torch.Tensor, y: torch.Tensor, batch: Augmented | None) -> torch.Tensor:
-    """Correct predictions in a batch; in a mixed batch each label counts by its weight."""
-    hit = (out.argmax(dim=1) == y).sum()
-    if batch is None or batch.perm is None:
-        return hit
-    return batch.lam * hit + (1 - batch.lam) * (out.argmax(dim=1) == y[batch.perm]).sum()
-
-
 class EpochStats(NamedTuple):
     """What one epoch of training measured."""
     loss: float              # the mean training loss of the epoch
     acc: float | None        # the training accuracy (None for regression)
     lr: float                # the learning rate of the epoch's last step
+    scores: dict = {}        # per-term losses, pixel accuracy and mean IoU, when measured
 
 
 class _Diverged(Exception):
     """The loss became NaN or infinite; the message says when."""
 
 
-def _read_back(sums: torch.Tensor, epoch: int, step: int) -> tuple[float, float]:
-    """The loop's one device-to-host read: the loss sum and correct count of the epoch so
-    far. A loss that has become NaN or infinite by `step` of `epoch` raises _Diverged."""
-    loss_sum, correct = sums.tolist()
-    if not math.isfinite(loss_sum):
-        raise _Diverged(f"the loss became {loss_sum} in epoch {epoch}, by step {step}")
-    return loss_sum, correct                     # fractional in mixup/cutmix batches
+def _read_back(sums: torch.Tensor, epoch: int, step: int) -> list[float]:
+    """The loop's one device-to-host read: the loss sum, correct count (and the rest of the
+    objective's sums) of the epoch so far. A loss that has become NaN or infinite by `step`
+    of `epoch` raises _Diverged."""
+    values = sums.tolist()
+    if not math.isfinite(values[0]):
+        raise _Diverged(f"the loss became {values[0]} in epoch {epoch}, by step {step}")
+    return values
 
 
 def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedule,
@@ -184,19 +181,25 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedu
         step.run(idx, lr)
         seen += len(idx)
         if bar.due():
-            loss_sum, _ = _read_back(step.sums, epoch, i + 1)
+            loss_sum = _read_back(step.sums, epoch, i + 1)[0]
             bar.step(epoch, i + 1, loss_sum / seen)
-    loss_sum, correct = _read_back(step.sums, epoch, batches.steps)
-    seen = batches.used
-    return EpochStats(loss_sum / seen, correct / seen if step.classify else None, lr)
+    m = step.objective.means(_read_back(step.sums, epoch, batches.steps), batches.used)
+    scores = {k: v for k, v in m.items() if k not in ("loss", "acc")}
+    return EpochStats(m["loss"], m["acc"], lr, scores)
 
 
 def _record(model: Model, data, epoch: int, train: EpochStats, t0: float) -> dict:
     """The epoch's metrics.jsonl record: its training metrics and the validation split's."""
-    val = model.evaluate_arrays(data.val.x, data.val.y)
+    val = model.evaluate_split(data.val)
     return {"epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
+            **_prefixed("train", train.scores), **_prefixed("val", val),
             "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def _prefixed(split: str, scores: dict) -> dict:
+    """Per-term losses and segmentation scores as `{split}_losses`, `{split}_miou`, ..."""
+    return {f"{split}_{k}": v for k, v in scores.items() if k not in ("loss", "acc")}
 
 
 class EarlyStopping:
@@ -317,8 +320,9 @@ def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
     if stopper is not None and stopper.best_state is not None:
         model.state.update(stopper.best_state)
     epochs_run = len(outcome.records)
-    test = model.evaluate_arrays(data.test.x, data.test.y)
-    final = {"test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
+    test = model.evaluate_split(data.test)
+    final = {"test_loss": test["loss"], "test_acc": test["acc"], **_prefixed("test", test),
+             "epochs_run": epochs_run,
              "stopped": outcome.stopped,
              "best_epoch": stopper.best_epoch if stopper is not None else epochs_run,
              "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
@@ -371,6 +375,35 @@ def _check_batch_norm(spec, smallest: int) -> None:
                                 hint="use a batch of at least 2")
 
 
+def _check_term(model: Model, data, cfg, term) -> None:
+    """The data has the field the loss term reads, of a shape its output can score."""
+    out = term_output(model.spec.graph, term).type
+    span = term.span or cfg.loss.span or cfg.data.span
+    what = f"output '{term.output}'" if term.output else "the model's output"
+    if term.call.name == "cross_entropy" and data.classes is None:
+        raise UserError("cross_entropy needs class labels, but the data has regression "
+                        "targets", span)
+    if term.target not in data.train.fields():
+        if term.call.name == "mse":
+            raise UserError(f"mse needs numeric targets, but {data.name} has class labels",
+                            span, hint="use cross_entropy, or classes=false for csv/npz targets")
+        raise UserError(f"the loss of {what} reads {term.target}, but {data.name} has "
+                        f"{', '.join(data.train.fields())}", span)
+    have = tuple(data.train.target(target_input(term.target)).shape[1:])
+    if term.call.name == "cross_entropy":
+        if out.rank != 2 or out.shape[1] < data.classes:
+            raise UserError(f"the model's output {out} cannot score {data.classes} classes of "
+                            f"{data.name}", span, hint=f"end the model with linear({data.classes})")
+    elif term.call.name == "pixel_cross_entropy":
+        sized = all(isinstance(d, int) for d in out.shape[2:])
+        if out.shape[1] < (data.classes or 0) or (sized and tuple(out.shape[2:]) != have):
+            raise UserError(f"{what} {out} cannot score the {term.target} of {data.name} "
+                            f"({data.classes} classes, {list(have)} per example)", span)
+    elif tuple(out.shape[1:]) != have:
+        raise UserError(f"the model's output {out} does not match the targets of "
+                        f"{data.name} ({list(have)} per example)", span)
+
+
 def _versions() -> dict:
     import lark
     from .. import __version__
@@ -379,26 +412,12 @@ def _versions() -> dict:
 
 
 def _check_data(model: Model, data, cfg) -> None:
-    out = model.spec.graph.outputs[0].type
-    if cfg.loss.name == "cross_entropy":
-        if data.classes is None:
-            raise UserError("cross_entropy needs class labels, but the data has regression "
-                            "targets", cfg.loss.span)
-        if out.rank != 2 or out.shape[1] < data.classes:
-            raise UserError(f"the model's output {out} cannot score {data.classes} classes of "
-                            f"{data.name}", cfg.loss.span or cfg.data.span,
-                            hint=f"end the model with linear({data.classes})")
-    elif data.classes is not None:
-        raise UserError(f"{cfg.loss.name} needs numeric targets, but {data.name} has class labels",
-                        cfg.loss.span or cfg.data.span,
-                        hint="use cross_entropy, or classes=false for csv/npz targets")
-    else:
-        want = tuple(out.shape[1:])
-        have = tuple(data.train.y.shape[1:])
-        if want != have:
-            raise UserError(f"the model's output {out} does not match the targets of "
-                            f"{data.name} ({list(have)} per example)",
-                            cfg.loss.span or cfg.data.span)
+    for term in cfg.loss_terms():
+        _check_term(model, data, cfg, term)
+        if cfg.augment and target_input(term.target) != "y":
+            raise UserError(f"augment transforms the images only, so their {term.target} would "
+                            "no longer match them", cfg.spans.get("augment", term.span),
+                            hint="leave augment out when a loss reads masks or boxes")
     try:
         model.shape_batch(data.train.x[:1], f"{data.name} examples")
     except UserError as e:

@@ -6,10 +6,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..compiler.config import target_input
 from ..compiler.pipeline import build_eval_graph, build_infer_graph
 from ..spec.diagnostics import UserError
 from . import checkpoint as ckpt
 from .backends import make_program, resolve
+from .metrics import confusion, seg_scores
 from .state import init_state
 
 
@@ -83,27 +85,100 @@ class Model:
             return np.zeros((0, *self.infer_graph.outputs[0].type.shape[1:]), np.float32)
         return torch.cat(outs).numpy()
 
-    def evaluate_arrays(self, x: np.ndarray, y: np.ndarray, batch: int = 512) -> dict:
-        """Mean loss and (for classification) accuracy over (x, y)."""
+    def evaluate_arrays(self, x: np.ndarray, y: np.ndarray, batch: int = 512,
+                        extra: dict | None = None) -> dict:
+        """Mean loss and (for classification) accuracy over (x, y); with several loss terms
+        each term's mean (`losses`), with a per-pixel loss pixel accuracy and mean IoU.
+        `extra`: the other target fields the losses read (masks, ...), by name."""
+        obj = Objective(self.spec, self.eval_graph)
         if len(x) == 0:
-            return {"loss": None, "acc": None}
+            return obj.empty()
         xt = self.shape_batch(x, "the data")
-        yt = torch.as_tensor(y, device=self.device)
+        targets = {"y": torch.as_tensor(y, device=self.device),
+                   **{k: torch.as_tensor(v, device=self.device) for k, v in (extra or {}).items()
+                      if k in obj.inputs}}
         name = self.spec.graph.inputs[0].input_name
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)   # loss sum, correct
-        classify = self.spec.config.loss.name == "cross_entropy"
+        sums = obj.zeros(self.device)
         with torch.no_grad():
             for i in range(0, len(xt), batch):
-                xb, yb = xt[i:i + batch], yt[i:i + batch]
-                (loss, logits, *_), _, _ = self._eval.run(self.state, {name: xb, "y": yb})
-                sums[0] += loss.double() * len(xb)          # on the device: one read-back
-                if classify:
-                    sums[1] += (logits.argmax(dim=1) == yb).sum()
-        total, correct = sums.tolist()
-        return {"loss": total / len(xt), "acc": correct / len(xt) if classify else None}
+                tb = {k: v[i:i + batch] for k, v in targets.items() if k in obj.inputs}
+                outs, _, _ = self._eval.run(self.state, {name: xt[i:i + batch], **tb})
+                obj.accumulate(sums, outs, tb)              # on the device: one read-back
+        return obj.means(sums.tolist(), len(xt))
+
+    def evaluate_split(self, split) -> dict:
+        """evaluate_arrays over a data Split (its labels or targets and its extra fields)."""
+        return self.evaluate_arrays(split.x, split.y, extra=split.extra)
 
     def evaluate(self, split: str = "test") -> dict:
         from .data import load
         data = load(self.spec.config.data, self.spec.config.seed, self.spec.path.parent)
-        s = getattr(data, split)
-        return self.evaluate_arrays(s.x, s.y)
+        return self.evaluate_split(getattr(data, split))
+
+
+class Objective:
+    """What a train or eval graph's outputs (loss, model outputs..., term losses...) measure,
+    summed per batch on the device in one vector:
+
+        [0]  loss * batch          [1]  correct predictions (classification)
+        [2:2+T]  each term's loss * batch, when there are T > 1 terms
+        [2+T:]   the confusion matrix of the first per-pixel loss (K*K counts)"""
+
+    def __init__(self, spec, graph):
+        cfg = spec.config
+        terms = cfg.loss_terms()
+        self.inputs = cfg.target_inputs()                    # graph input -> data field
+        names = graph.output_names
+        self.term_names = [t.output for t in terms] if len(terms) > 1 else []
+        first = terms[0]
+        self.classify = first.call.name == "cross_entropy"
+        self.acc_out = names.index(first.output) if first.output else 1
+        self.acc_target = target_input(first.target)
+        seg = next((t for t in terms if t.call.name == "pixel_cross_entropy"), None)
+        self.seg = None
+        if seg is not None:                # (output index, target input, classes, ignore)
+            out = names.index(seg.output) if seg.output else 1
+            self.seg = (out, target_input(seg.target), graph.outputs[out].type.shape[1],
+                        seg.call.args["ignore"])
+        self.k = self.seg[2] if self.seg else 0
+
+    def zeros(self, device) -> torch.Tensor:
+        return torch.zeros(2 + len(self.term_names) + self.k * self.k, dtype=torch.float64,
+                           device=device)
+
+    def accumulate(self, sums: torch.Tensor, outs: list, targets: dict, batch=None) -> None:
+        """Add a batch's outputs to `sums`; `batch`: how augmentation mixed it (mixup/cutmix:
+        each label's correct predictions count by its weight λ)."""
+        n = len(next(iter(targets.values())))
+        sums[0] += outs[0].double() * n
+        if self.classify:
+            pred, y = outs[self.acc_out].argmax(dim=1), targets[self.acc_target]
+            hit = (pred == y).sum()
+            if getattr(batch, "perm", None) is not None:
+                hit = batch.lam * hit + (1 - batch.lam) * (pred == y[batch.perm]).sum()
+            sums[1] += hit
+        t = len(self.term_names)
+        if t:
+            sums[2:2 + t] += torch.stack([o.double() for o in outs[-t:]]) * n
+        if self.seg is not None:
+            out, name, k, ignore = self.seg
+            conf = confusion(outs[out].argmax(dim=1), targets[name], k, ignore)
+            sums[2 + t:] += conf.reshape(-1).double()
+
+    def empty(self) -> dict:
+        r = {"loss": None, "acc": None}
+        if self.term_names:
+            r["losses"] = None
+        if self.seg is not None:
+            r.update(pixel_acc=None, miou=None)
+        return r
+
+    def means(self, v: list, n: int) -> dict:
+        """The metrics of the sums `v` (read back) over n examples."""
+        r = {"loss": v[0] / n, "acc": v[1] / n if self.classify else None}
+        t = len(self.term_names)
+        if t:
+            r["losses"] = {name: x / n for name, x in zip(self.term_names, v[2:2 + t])}
+        if self.seg is not None:
+            r.update(seg_scores(np.array(v[2 + t:]).reshape(self.k, self.k)))
+        return r

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..compiler.config import Call, TrainConfig
+from ..compiler.config import DEFAULT_TARGETS, Call, LossTerm, TrainConfig
 from ..compiler.ops import get as get_op
 from ..compiler.optimizers import CLIPS, MATCH_NAMES, OPTIMIZERS, check_optimizer_args
 from ..compiler.ops.registry import Arg
@@ -16,7 +16,7 @@ from .diagnostics import Note, Span, UserError, did_you_mean
 from .elaborate import Elaborator
 from .values import Symbol
 
-LOSSES = {"cross_entropy": get_op("cross_entropy").args, "mse": get_op("mse").args}
+LOSSES = {name: get_op(name).args for name in ("cross_entropy", "mse", "pixel_cross_entropy")}
 PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
              "l1": (Arg("strength", kind="float", doc="multiplies sum(|w|)"),)}
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)
@@ -135,8 +135,13 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
     if expr is None and kind != "early":
         raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
     value = _ConfigEval().eval(expr, None) if expr is not None else None
-    if kind == "call":
+    if key == "loss" and isinstance(value, _ConfigValue) and not value.name:
+        cfg.terms = _loss_terms(value, value_span)
+        cfg.loss = cfg.terms[0].call
+    elif kind == "call":
         call = _as_call(value, key, value_span, table)
+        if key == "loss":
+            cfg.terms = []
         if key == "optimizer":
             problem = check_optimizer_args(call)
             if problem:
@@ -228,6 +233,35 @@ def _weight_noise(value, span: Span, example: str) -> Call:
         raise UserError("weight_noise: std must not be negative",
                         call.arg_spans.get("std", call.span))
     return call
+def _loss_terms(value: _ConfigValue, span: Span) -> list[LossTerm]:
+    """`loss (seg=pixel_cross_entropy(target=masks), aux=...(weight=0.4))`: one term per model
+    output, each a loss with an optional data `target` and `weight` (default 1)."""
+    if value.positional or not value.keyword:
+        raise UserError("several losses are written one per output: loss (OUTPUT=LOSS, ...)",
+                        span, hint="for example: loss (seg=pixel_cross_entropy, "
+                                   "aux=pixel_cross_entropy(weight=0.4))")
+    terms = []
+    for output, (loss, term_span) in value.keyword.items():
+        if isinstance(loss, Symbol):
+            loss = _ConfigValue(loss.name, term_span, [], {})
+        target, weight = None, 1.0
+        if isinstance(loss, _ConfigValue):
+            loss.keyword = dict(loss.keyword)
+            if "target" in loss.keyword:
+                t, t_span = loss.keyword.pop("target")
+                if not isinstance(t, Symbol):
+                    raise UserError(f"target names a data field (labels, masks, targets, boxes), "
+                                    f"got {describe(t)}", t_span)
+                target = t.name
+            if "weight" in loss.keyword:
+                weight, w_span = loss.keyword.pop("weight")
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+                    raise UserError(f"a loss weight is a number >= 0, got {describe(weight)}",
+                                    w_span)
+        call = _as_call(loss, "loss", term_span, LOSSES)
+        terms.append(LossTerm(output, call, target or DEFAULT_TARGETS[call.name],
+                              float(weight), term_span))
+    return terms
 
 
 def _param_group(value, span: Span, example: str) -> Call:

@@ -362,6 +362,24 @@ class Mul(Op):
 
 
 @register
+class Scale(Op):
+    """x * factor, a constant (a loss term's weight)."""
+
+    name = "scale"
+    triton = "elementwise"
+    like = 0
+
+    def triton_ew(self, e, ins, attrs):
+        return [e.let(f"{ins[0]} * {float(attrs['factor'])!r}")]
+
+    def forward(self, ins, attrs, ctx):
+        return (ins[0] * attrs["factor"],)
+
+    def vjp(self, b, node, gouts, needs):
+        return [b.emit1("scale", [gouts[0]], node.attrs)]
+
+
+@register
 class Matmul(Op):
     """op(A) @ op(B) for 2-D tensors, where op transposes when asked."""
 

@@ -100,7 +100,57 @@ class MseBwd(Op):
         return (gy * 2.0 * (pred - target) / pred.numel(),)
 
 
-LOSSES = {"cross_entropy": "cross_entropy", "mse": "mse"}
+@register
+class PixelCrossEntropy(Op):
+    """Per-pixel softmax cross-entropy (FCN's loss): logits [N, C, H, W] against a mask of
+    class indices [N, H, W]; pixels labelled `ignore` count for nothing; the mean is over the
+    other pixels (F.cross_entropy with ignore_index)."""
+
+    name = "pixel_cross_entropy"
+    n_inputs = 2
+    args = (Arg("ignore", 255, kind="int", doc="mask value of pixels left out of the loss"),)
+    doc = "Per-pixel cross-entropy of logits [N, C, H, W] against masks [N, H, W]."
+
+    def infer(self, ins, attrs):
+        logits, masks = ins
+        if logits.rank != 4:
+            raise ShapeError(f"pixel_cross_entropy expects logits [N, classes, H, W], got "
+                             f"{logits}")
+        if masks.rank != 3 or masks.dtype != "i64" or tuple(masks.shape) != (
+                logits.shape[0], *logits.shape[2:]):
+            raise ShapeError(f"pixel_cross_entropy expects an integer mask "
+                             f"[N, {logits.shape[2]}, {logits.shape[3]}] for logits {logits}, "
+                             f"got {masks}")
+        return [SCALAR]
+
+    def forward(self, ins, attrs, ctx):
+        logits, masks = ins
+        return (F.cross_entropy(logits, masks, ignore_index=attrs["ignore"]),)
+
+    def vjp(self, b, node, gouts, needs):
+        logits, masks = node.inputs
+        return [b.emit1("pixel_cross_entropy_bwd", [gouts[0], logits, masks], node.attrs), None]
+
+
+@register
+class PixelCrossEntropyBwd(Op):
+    """d loss / d logits = (softmax(z) - onehot(m)) / (pixels not ignored), 0 at ignored ones."""
+
+    name = "pixel_cross_entropy_bwd"
+    n_inputs = 3
+    like = 1
+
+    def forward(self, ins, attrs, ctx):
+        gy, logits, masks = ins                           # (), (N, C, H, W), (N, H, W)
+        valid = masks != attrs["ignore"]                  # (N, H, W)
+        onehot = F.one_hot(torch.where(valid, masks, 0), logits.shape[1])   # (N, H, W, C)
+        diff = torch.softmax(logits, dim=1) - onehot.permute(0, 3, 1, 2).to(logits.dtype)
+        count = valid.sum().clamp(min=1).to(logits.dtype)
+        return (gy * diff * valid.unsqueeze(1).to(logits.dtype) / count,)
+
+
+LOSSES = {"cross_entropy": "cross_entropy", "mse": "mse",
+          "pixel_cross_entropy": "pixel_cross_entropy"}
 
 
 class _Penalty(Op):

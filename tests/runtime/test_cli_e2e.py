@@ -161,11 +161,11 @@ def test_interrupted_run_keeps_what_was_saved(tmp_path, monkeypatch, capsys):
     real = model_mod.Model.evaluate_arrays
     calls = {"n": 0}
 
-    def flaky(self, x, y, batch=512):
+    def flaky(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:                       # during epoch 3's validation
             raise KeyboardInterrupt
-        return real(self, x, y, batch)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(model_mod.Model, "evaluate_arrays", flaky)
     code = main(["train", str(MLP), "--out", str(tmp_path), "--quiet", "--set", "train.epochs=5"])

@@ -1,0 +1,33 @@
+"""The training objective checked against the model: every loss term names an output the
+model has, and its loss accepts that output (located errors for `dlc check`)."""
+from __future__ import annotations
+
+from ..compiler.config import TrainConfig
+from ..compiler.ir import Graph
+from ..compiler.ops import ShapeError
+from ..compiler.ops import get as get_op
+from ..compiler.pipeline import target_type, term_output
+from .diagnostics import Note, UserError, did_you_mean
+
+
+def check_objective(graph: Graph, cfg: TrainConfig) -> None:
+    """A UserError at the term when it names no output of the model or its loss cannot score
+    that output. The default loss (no `loss` setting) is left to the data check of training."""
+    if not cfg.terms and "loss" not in cfg.spans:
+        return
+    for term in cfg.loss_terms():
+        if term.output is not None and term.output not in graph.output_names:
+            raise UserError(f"the model {graph.name} has no output '{term.output}' "
+                            f"(outputs: {', '.join(graph.output_names)})", term.span,
+                            hint=did_you_mean(term.output, graph.output_names)
+                            or "name the outputs with `output a, b` in the model")
+        out = term_output(graph, term)
+        try:
+            get_op(term.call.name).infer([out.type, target_type(out.type, term.call.name)],
+                                         dict(term.call.args))
+        except ShapeError as e:
+            where = out.node.loc if out.node is not None else None
+            what = f"output '{term.output}'" if term.output else "the model's first output"
+            raise UserError(f"loss for {what}: {e}", term.span,
+                            notes=[Note(f"{what} is {out.type}, made here", where)]
+                            if where is not None else []) from None
