@@ -218,6 +218,13 @@ def cmd_predict(args) -> int:
     except OSError as e:
         raise UserError(f"cannot write {args.output}: {e.strerror}") from None
     print(f"wrote {args.output}: {list(y.shape)}")
+    seg = model.segmentation_output()
+    if seg is not None:                      # per-pixel classes: coloured masks as PNGs
+        from .runtime.segviz import save_masks
+        masks = (y if seg == 0 else model.predict(x, output=seg)).argmax(axis=1)
+        folder = Path(args.output).with_suffix("").with_name(Path(args.output).stem + "_masks")
+        save_masks(masks, folder)
+        print(f"wrote {len(masks)} coloured masks to {folder}/")
     return 0
 
 

@@ -40,6 +40,10 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
                Arg("max_shapes", 3, kind="int", doc="shapes per image, at most"),
                Arg("noise", 0.05, kind="float", doc="standard deviation of the pixel noise"),
                *_SPLITS),
+    # a folder in Pascal VOC's layout (runtime/voc.py)
+    "voc": (Arg("root", kind="str", doc="folder with JPEGImages, SegmentationClass, Annotations"),
+            Arg("size", 64, kind="any", doc="images resized to size or [h, w]"),
+            *_SPLITS),
 }
 
 
@@ -84,6 +88,8 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
         return _split(x, y, a, seed, 10, "digits")
     if call.name == "shapes":
         return _shapes(call, seed)
+    if call.name == "voc":
+        return _voc(call, seed, base_dir)
     if call.name in ("mnist", "cifar10"):
         from .formats import read_cifar10, read_mnist
         root = Path(a["root"]).expanduser()
@@ -120,6 +126,23 @@ def _shapes(call: Call, seed: int) -> Dataset:
         raise UserError("shapes: noise must not be negative", call.arg_spans.get("noise", call.span))
     d = generate(a["n"], a["size"], a["max_shapes"], a["noise"], seed)
     return _split(d["x"], d["y"], a, seed, len(CLASSES), "shapes",
+                  extra={"masks": d["masks"], "boxes": d["boxes"]})
+
+
+def _voc(call: Call, seed: int, base_dir: Path) -> Dataset:
+    from .voc import CLASSES, read_voc
+    a = call.args
+    root = Path(a["root"]).expanduser()
+    root = root if root.is_absolute() else base_dir / root
+    if not root.is_dir():
+        raise UserError(f"voc: no such folder {root}", call.arg_spans.get("root", call.span))
+    size = a["size"] if isinstance(a["size"], (list, tuple)) else [a["size"]] * 2
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                 for v in size):
+        raise UserError(f"voc: size is a positive integer or a pair [h, w], got {a['size']}",
+                        call.arg_spans.get("size", call.span))
+    d = read_voc(root, tuple(size))
+    return _split(d["x"], d["y"], a, seed, len(CLASSES), root.name,
                   extra={"masks": d["masks"], "boxes": d["boxes"]})
 
 

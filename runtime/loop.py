@@ -328,6 +328,7 @@ def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
              "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
              "backend": model.backend, "device": str(model.device)}
     (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
+    _write_overlay(model, data.val if len(data.val) else data.test, out_dir / "overlay.png")
     if outcome.stopped == "interrupted":
         raise KeyboardInterrupt
     if outcome.diverged:
@@ -360,6 +361,19 @@ def _schedule(cfg, data, steps: int) -> Schedule:
             raise UserError("plateau monitors val_acc, but the targets are not classes",
                             sched.span, hint="monitor val_loss")
     return Schedule(sched, cfg.optimizer.args["lr"], cfg.epochs, steps)
+
+
+def _write_overlay(model: Model, split, path: Path, count: int = 4) -> None:
+    """For a segmentation model: a few images beside their true and predicted masks."""
+    obj = model.objective()
+    if obj.seg is None or len(split) == 0:
+        return
+    from .segviz import overlay_sheet
+    _, target, _, _ = obj.seg
+    x = split.x[:count]
+    pred = model.predict(x, output=model.segmentation_output()).argmax(axis=1)
+    overlay_sheet(model.shape_batch(x, "images").cpu().numpy(), split.target(target)[:count],
+                  pred, path)
 
 
 def _check_batch_norm(spec, smallest: int) -> None:

@@ -72,18 +72,30 @@ class Model:
         return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=self.device)
 
     # -- running
-    def predict(self, x: np.ndarray, batch: int = 512) -> np.ndarray:
-        """The model's first output for every row of x (no softmax applied)."""
+    def predict(self, x: np.ndarray, batch: int = 512, output: int = 0) -> np.ndarray:
+        """The model's first (or `output`-th) output for every row of x (no softmax)."""
         xt = self.shape_batch(x, "the input")
         name = self.spec.graph.inputs[0].input_name
         outs = []
         with torch.no_grad():
             for i in range(0, len(xt), batch):
-                (y, *_), _, _ = self._infer.run(self.state, {name: xt[i:i + batch]})
-                outs.append(y.cpu())
+                ys, _, _ = self._infer.run(self.state, {name: xt[i:i + batch]})
+                outs.append(ys[output].cpu())
         if not outs:
-            return np.zeros((0, *self.infer_graph.outputs[0].type.shape[1:]), np.float32)
+            return np.zeros((0, *self.infer_graph.outputs[output].type.shape[1:]), np.float32)
         return torch.cat(outs).numpy()
+
+    def objective(self) -> "Objective":
+        return Objective(self.spec, self.eval_graph)
+
+    def segmentation_output(self) -> int | None:
+        """The output a per-pixel loss scores (the first [N, C, H, W] output when the spec
+        trains none), or None when the model predicts no per-pixel classes."""
+        seg = self.objective().seg
+        if seg is not None:
+            return seg[0] - 1                                  # eval outputs start with the loss
+        return next((i for i, v in enumerate(self.infer_graph.outputs) if v.type.rank == 4),
+                    None)
 
     def evaluate_arrays(self, x: np.ndarray, y: np.ndarray, batch: int = 512,
                         extra: dict | None = None) -> dict:

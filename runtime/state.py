@@ -15,7 +15,8 @@ def init_tensor(spec: StateSpec, generator: torch.Generator) -> torch.Tensor:
     """One tensor for `spec`, drawn from its init rule.
 
     Rules: zeros, ones, constant(v), uniform(a) = U(-a, a), normal(std) = N(0, std^2),
-    kaiming_normal(fan) = N(0, 2/fan) (He, fan_out for ReLU conv nets).
+    kaiming_normal(fan) = N(0, 2/fan) (He, fan_out for ReLU conv nets), bilinear (FCN's
+    upsampling filter on the channel diagonal of a [C, C, k, k] transposed-conv weight).
     """
     shape = tuple(spec.type.shape)
     m = _RULE.match(spec.init)
@@ -35,6 +36,9 @@ def init_tensor(spec: StateSpec, generator: torch.Generator) -> torch.Tensor:
         return t.uniform_(-a, a, generator=generator)
     if kind == "normal":
         return t.normal_(0.0, float(arg), generator=generator)
+    if kind == "bilinear":
+        from ..compiler.ops.dense import bilinear_filter
+        return bilinear_filter(shape)
     if kind == "kaiming_normal":
         return t.normal_(0.0, math.sqrt(2.0 / float(arg)), generator=generator)
     raise ValueError(f"unknown init rule {spec.init!r} for {spec.name}")

@@ -107,6 +107,7 @@ class PixelCrossEntropy(Op):
     other pixels (F.cross_entropy with ignore_index)."""
 
     name = "pixel_cross_entropy"
+    triton = "dense"
     n_inputs = 2
     args = (Arg("ignore", 255, kind="int", doc="mask value of pixels left out of the loss"),)
     doc = "Per-pixel cross-entropy of logits [N, C, H, W] against masks [N, H, W]."
@@ -137,6 +138,7 @@ class PixelCrossEntropyBwd(Op):
     """d loss / d logits = (softmax(z) - onehot(m)) / (pixels not ignored), 0 at ignored ones."""
 
     name = "pixel_cross_entropy_bwd"
+    triton = "dense"
     n_inputs = 3
     like = 1
 

@@ -8,6 +8,8 @@
     norm          batch norm statistics and gradients, local response norm (norm.py)
     loss          cross-entropy with its gradient in one kernel, mean squared error (loss.py)
     copy          concat and slice (copy.py)
+    dense         crop, bilinear resizing, adaptive average pooling, per-pixel cross-entropy,
+                  and their gradients (dense.py)
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import importlib
 
 from ..ir import numel  # noqa: F401  (templates import it from here)
 
-FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy")
+FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy", "dense")
 
 
 def template(family: str):

@@ -129,7 +129,20 @@ def conv2d(ctx) -> None:
 # -- input gradient ----------------------------------------------------------------------------
 
 def conv2d_bwd_input(ctx) -> None:
-    gy_shape, x_shape = ctx.in_shape(0), ctx.in_shape(1)
+    input_gradient(ctx, wi=2, x_shape=ctx.in_shape(1))
+
+
+def conv_transpose2d(ctx) -> None:
+    """A transposed convolution is conv2d's input gradient of its input with its weight (the
+    weight layouts agree: [C, out/groups, kh, kw] is conv2d's [OC, C/groups, kh, kw]), the
+    output's size given by the node, plus a bias."""
+    input_gradient(ctx, wi=1, x_shape=ctx.out_shape(0), bias=2 if len(ctx.node.inputs) > 2 else None)
+
+
+def input_gradient(ctx, wi: int, x_shape: tuple, bias: int | None = None) -> None:
+    """The input-gradient GEMM of gy (input 0) with the weight (input wi) into an x_shape
+    result; with `bias`, that input's value per result channel is added."""
+    gy_shape = ctx.in_shape(0)
     geometry(ctx, x_shape, gy_shape)
     (kh, kw), groups = ctx.attrs["kernel"], ctx.attrs["groups"]
     (sh, sw) = ctx.attrs["stride"]
@@ -161,12 +174,14 @@ def conv2d_bwd_input(ctx) -> None:
                   bcast("g * OCG + ocl[None, :]", "BLOCK_M, BLOCK_K"), "a_mask")
     ctx.emit("b_mask = k_ok[:, None] & n_ok[None, :]   # (BLOCK_K, BLOCK_N)")
     ctx.emit("oc_k = g * OCG + ocl")
-    b = load_tile(ctx, 2, "(oc_k * CG * KH * KW + r)[:, None] + (cl * KH * KW)[None, :]",
+    b = load_tile(ctx, wi, "(oc_k * CG * KH * KW + r)[:, None] + (cl * KH * KW)[None, :]",
                   bcast("oc_k[:, None]", "BLOCK_K, BLOCK_N"), "b_mask")
     dot(ctx, a, b)
     ctx.indent -= 1
     ctx.emit("mask = m_ok[:, None] & n_ok[None, :]   # (BLOCK_M, BLOCK_N)")
     ctx.emit("c = g * CG + cl")
+    if bias is not None:
+        ctx.emit(f"acc += {load_tile(ctx, bias, 'c', 'c', 'n_ok')}[None, :]")
     ctx.emit("offs = (n * C * H * W + hw)[:, None] + (c * H * W)[None, :]")
     ctx.epilogue("acc", "offs", bcast("c[None, :]", "BLOCK_M, BLOCK_N"), "mask")
 
@@ -213,4 +228,5 @@ def conv2d_bwd_weight(ctx) -> None:
 
 
 RENDER = {"conv2d": conv2d, "conv2d_bwd_input": conv2d_bwd_input,
+          "conv_transpose2d": conv_transpose2d,
           "conv2d_bwd_weight": conv2d_bwd_weight}

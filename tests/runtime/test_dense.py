@@ -99,3 +99,55 @@ def test_missing_target_field_is_a_located_error(tmp_path, capsys):
     assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "seg.dls:12:11: error: the loss of output 'seg' reads masks, but digits has labels" in err
+
+
+def write_voc(root, n=4):
+    """A small folder in Pascal VOC's layout: random JPEGs, palette masks, XML boxes."""
+    from PIL import Image
+    from dlc.runtime.segviz import palette
+    for d in ("JPEGImages", "SegmentationClass", "Annotations"):
+        (root / d).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        w, h = 40 + 4 * i, 30
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+            root / "JPEGImages" / f"img{i}.jpg")
+        mask = np.zeros((h, w), np.uint8)
+        mask[5:15, 10:30] = 8                                   # a cat
+        mask[3:5, :] = 255                                      # a border VOC ignores
+        m = Image.fromarray(mask, mode="P")
+        m.putpalette(palette().reshape(-1).tolist())
+        m.save(root / "SegmentationClass" / f"img{i}.png")
+        objects = "".join(f"<object><name>{c}</name><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                          f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+                          for c, x0, y0, x1, y1 in [("cat", 11, 6, 30, 15),
+                                                    ("dog", 1, 1, 5, 4)][:1 + i % 2])
+        (root / "Annotations" / f"img{i}.xml").write_text(
+            f"<annotation><filename>img{i}.jpg</filename>{objects}</annotation>")
+
+
+def test_voc_folder_reader(tmp_path):
+    from dlc.runtime.voc import read_voc
+    write_voc(tmp_path / "VOC")
+    d = read_voc(tmp_path / "VOC", (20, 30))
+    assert d["x"].shape == (4, 3, 20, 30) and 0 <= d["x"].min() and d["x"].max() <= 1
+    assert d["masks"].shape == (4, 20, 30) and set(np.unique(d["masks"])) == {0, 8, 255}
+    np.testing.assert_array_equal(d["y"], [8, 8, 8, 8])         # the largest box is the cat
+    assert d["boxes"].shape == (4, 2, 5)
+    assert list(d["boxes"][0, 1]) == [-1, 0, 0, 0, 0]           # img0 has one object
+    sx = 30 / 40                                                # img0 is 40 wide, 30 high
+    np.testing.assert_allclose(d["boxes"][0, 0], [8, 10 * sx, 5 * 20 / 30, 30 * sx, 15 * 20 / 30],
+                               rtol=1e-6)
+    assert d["boxes"][1, 1, 0] == 12                            # the dog
+
+
+def test_voc_data_source_trains(tmp_path, capsys):
+    write_voc(tmp_path / "VOC", n=6)
+    spec = tmp_path / "voc.dls"
+    spec.write_text('model M {\n    input x: f32[3, 16, 16]\n    conv(21, 3)\n}\n'
+                    'train {\n    data voc(root="VOC", size=16, val=0.2, test=0.2)\n'
+                    '    loss pixel_cross_entropy\n    epochs 1\n    batch 4\n}\n')
+    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert 0 <= final["test_miou"] <= 1
+    assert (tmp_path / "run" / "overlay.png").is_file()
