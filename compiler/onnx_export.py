@@ -216,6 +216,67 @@ def lower_upsample_nearest(e, node, ins, outs):
           coordinate_transformation_mode="asymmetric", nearest_mode="floor")
 
 
+# -- dense prediction ---------------------------------------------------------------------------
+
+@onnx_op("conv_transpose2d")
+def lower_conv_transpose2d(e, node, ins, outs):
+    a = node.attrs
+    e.add("ConvTranspose", ins, outs, kernel_shape=_pair(a["kernel"]), strides=_pair(a["stride"]),
+          pads=_pads(a["padding"]), output_padding=_pair(a["output_padding"]),
+          dilations=[1, 1], group=int(a["groups"]))
+
+
+def _bilinear(e, node, inputs: list[str], outs) -> None:
+    """ONNX's linear Resize with PyTorch's source coordinates (no antialiasing)."""
+    mode = "align_corners" if node.attrs["align_corners"] else "pytorch_half_pixel"
+    e.add("Resize", inputs, outs, mode="linear", coordinate_transformation_mode=mode)
+
+
+def _hw(e, hint: str, x: str) -> str:
+    """The runtime [H, W] of x (int64)."""
+    hw = e.fresh(f"{hint}/hw")
+    e.add("Shape", [x], [hw], start=2, end=4)
+    return hw
+
+
+@onnx_op("resize_bilinear")
+def lower_resize_bilinear(e, node, ins, outs):
+    s = float(node.attrs["scale"])
+    _bilinear(e, node, [ins[0], "", e.const(f"{outs[0]}/scales",
+                                            np.array([1, 1, s, s], dtype=np.float32))], outs)
+
+
+@onnx_op("resize_bilinear_to")
+def lower_resize_bilinear_to(e, node, ins, outs):
+    nc = e.fresh(f"{outs[0]}/nc")
+    e.add("Shape", [ins[0]], [nc], start=0, end=2)
+    sizes = e.fresh(f"{outs[0]}/sizes")
+    e.add("Concat", [nc, _hw(e, outs[0], ins[1])], [sizes], axis=0)
+    _bilinear(e, node, [ins[0], "", "", sizes], outs)
+
+
+@onnx_op("crop")
+def lower_crop(e, node, ins, outs):
+    starts = e.const(f"{outs[0]}/starts", np.array(_pair(node.attrs["offset"]), dtype=np.int64))
+    ends = e.fresh(f"{outs[0]}/ends")
+    e.add("Add", [starts, _hw(e, outs[0], ins[1])], [ends])
+    axes = e.const(f"{outs[0]}/axes", np.array([2, 3], dtype=np.int64))
+    e.add("Slice", [ins[0], starts, ends, axes], outs)
+
+
+@onnx_op("adaptive_avg_pool")
+def lower_adaptive_avg_pool(e, node, ins, outs):
+    (h, w), (sh, sw) = node.inputs[0].type.shape[2:], node.attrs["size"]
+    if (sh, sw) == (1, 1):
+        e.add("GlobalAveragePool", ins, outs)
+        return
+    if not (isinstance(h, int) and isinstance(w, int) and h % sh == 0 and w % sw == 0):
+        raise UserError(f"cannot export adaptive_avgpool({[sh, sw]}) of a {h}x{w} input to "
+                        "ONNX: only sizes that divide the input are windows of one size")
+    k = [h // sh, w // sw]
+    e.add("AveragePool", ins, outs, kernel_shape=k, strides=k)
+
+
 # -- the graph ----------------------------------------------------------------------------------
 
 def _value_info(name: str, t: TensorType) -> onnx.ValueInfoProto:

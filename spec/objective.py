@@ -2,7 +2,7 @@
 model has, and its loss accepts that output (located errors for `dlc check`)."""
 from __future__ import annotations
 
-from ..compiler.config import TrainConfig
+from ..compiler.config import Call, TrainConfig
 from ..compiler.ir import Graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops import get as get_op
@@ -12,8 +12,12 @@ from .diagnostics import Note, UserError, did_you_mean
 
 def check_objective(graph: Graph, cfg: TrainConfig) -> None:
     """A UserError at the term when it names no output of the model or its loss cannot score
-    that output. The default loss (no `loss` setting) is left to the data check of training."""
+    that output. Without a `loss` setting the loss is cross_entropy, or pixel_cross_entropy
+    when the first output is per-pixel scores [N, C, H, W]; the data check of training
+    judges it."""
     if not cfg.terms and "loss" not in cfg.spans:
+        if graph.outputs and graph.outputs[0].type.rank == 4:
+            cfg.loss = Call("pixel_cross_entropy", {"ignore": 255})
         return
     for term in cfg.loss_terms():
         if term.output is not None and term.output not in graph.output_names:

@@ -140,3 +140,30 @@ def test_shape_errors(op, ins, attrs, message):
     with pytest.raises(ShapeError, match=message):
         impl = get(op)
         impl.infer(types, impl.attrs(attrs, types))
+
+
+def test_dense_ops_export_to_onnx(tmp_path):
+    """ONNX Runtime on the exported inference graph against the reference backend."""
+    import onnxruntime as ort
+    import dlc
+    from dlc.compiler.onnx_export import export_onnx
+    path = tmp_path / "net.dls"
+    path.write_text("""
+model Net {
+    input x: f32[3, 8, 12]
+    a = conv(4, 3, stride=2) -> adaptive_avgpool([2, 3])
+    b = conv_transpose(x -> conv(4, 1), 4, 3, stride=2, padding=1, output_padding=1)
+    c = crop(b, x, offset=[1, 0])
+    d = resize(conv(x, 4, 1), 3, align_corners=true)
+    e = resize_to(a, x)
+    output c, d, e
+}
+""")
+    spec = dlc.compile_spec(path)
+    model = dlc.build(spec, device="cpu")
+    x = np.random.default_rng(0).normal(size=(2, 3, 8, 12)).astype(np.float32)
+    session = ort.InferenceSession(export_onnx(spec, model.state),
+                                   providers=["CPUExecutionProvider"])
+    got = session.run(None, {"x": x})
+    for i, g in enumerate(got):
+        np.testing.assert_allclose(g, model.predict(x, output=i), rtol=1e-4, atol=1e-5)
