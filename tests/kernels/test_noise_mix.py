@@ -51,7 +51,7 @@ def test_mixed_cross_entropy_and_its_gradient_match_the_reference():
         y = g.add_input("y", TensorType(("N",), "i64"))
         g.outputs = [z]
         cfg = TrainConfig(loss=Call("cross_entropy", {"label_smoothing": ls}))
-        loss = mixed_loss(g, Builder(g), cfg, y)
+        loss = mixed_loss(g, Builder(g), cfg.loss, z, y)
         gz = backward(g, loss, [z])[id(z)]
         g.outputs = [loss, gz]
         ins = {"z": 3 * torch.randn(n, v, generator=gen),
