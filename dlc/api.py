@@ -120,8 +120,24 @@ def build(spec: CompiledSpec, backend: str = "auto", device: str | None = None,
 
 def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
           device: str | None = None, seed: int | None = None,
-          init_from: str | Path | None = None, progress: bool = True):
-    """Train as the spec says and write the run directory; returns the final metrics."""
+          init_from: str | Path | None = None, progress: bool = True, resume: bool = False,
+          overwrite: bool = False, save_every: int | None = None):
+    """Train as the spec says and write the run directory; returns the final metrics.
+
+    A folder that already holds a run is refused unless `overwrite` (its run files are
+    replaced) or `resume` (the run continues from its last finished epoch)."""
     from .runtime.loop import run_training
     return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
-                        init_from=init_from, progress=progress)
+                        init_from=init_from, progress=progress, resume=resume,
+                        overwrite=overwrite, save_every=save_every)
+
+
+def compile_run(run_dir: str | Path, sets: list[str] = ()) -> tuple[CompiledSpec, dict]:
+    """The spec of the run in `run_dir` as it was trained (its file, model and `--set`s,
+    then `sets`), and its run.yaml."""
+    from .runtime.rundir import read_run, spec_of
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    spec = compile_spec(spec_of(run, run_dir), [*run.get("sets", []), *sets],
+                        model=run.get("model"))
+    return spec, run

@@ -30,9 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def spec_cmd(name, help):
+    def spec_cmd(name, help, what="the .dls file", nargs=None):
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("spec", help="the .dls file")
+        c.add_argument("spec", help=what, nargs=nargs)
         c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting: train.epochs=5, model.classes=3")
         return c
@@ -47,20 +47,32 @@ def _parser() -> argparse.ArgumentParser:
                    "onnx; for dot, a .svg/.png/.pdf path is rendered with Graphviz)")
     c.add_argument("--checkpoint", metavar="CKPT",
                    help="weights for --emit onnx (default: a fresh init from the spec's seed)")
-    c = spec_cmd("train", "train the model as the spec's train section says")
-    c.add_argument("--out", help="run directory (default runs/<spec name>)")
+    c = spec_cmd("train", "train the model as the spec's train section says",
+                 what="the .dls file (not with --resume)", nargs="?")
+    c.add_argument("--out", help="run directory (default: a new runs/<spec name>/<n>)")
+    c.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last finished epoch, with the "
+                        "spec and settings of its run.yaml")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the run files in --out if it already holds a run")
+    c.add_argument("--save-every", type=int, metavar="K",
+                   help="also keep the weights of every K-th epoch (epoch-K.safetensors)")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     c.add_argument("--seed", type=int, help="override train.seed")
     c.add_argument("--init-from", metavar="CKPT", help="start from these weights")
     c.add_argument("--quiet", action="store_true", help="no progress output")
-    c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data")
-    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data",
+                 what="a run directory, or the .dls file (then --checkpoint)")
+    c.add_argument("--checkpoint", metavar="CKPT",
+                   help="the weights (default: the run directory's checkpoint.safetensors)")
     c.add_argument("--split", default="test", choices=("train", "val", "test"))
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
-    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy file")
-    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy file",
+                 what="a run directory, or the .dls file (then --checkpoint)")
+    c.add_argument("--checkpoint", metavar="CKPT",
+                   help="the weights (default: the run directory's checkpoint.safetensors)")
     c.add_argument("--input", required=True, metavar="X.npy")
     c.add_argument("--output", required=True, metavar="Y.npy")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
@@ -181,31 +193,83 @@ def _write_text(path: Path, text: str) -> None:
 
 def cmd_train(args) -> int:
     from .api import train
+    if args.resume:
+        return _resume(args)
+    if args.spec is None:
+        raise UserError("dlc train needs a spec (or --resume RUN_DIR)",
+                        hint="for example: dlc train examples/digits_mlp.dls")
     spec = _compile(args)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    if args.out:
+        out = Path(args.out)
+    else:
+        from .runtime.rundir import fresh_default
+        out = fresh_default(Path(args.spec))
     final = train(spec, out, backend=args.backend, device=args.device, seed=args.seed,
-                  init_from=args.init_from, progress=not args.quiet)
-    acc = final["test_acc"]
-    shown = f"test_acc {acc:.4f}  " if acc is not None else ""
-    print(f"{shown}test_loss {final['test_loss']:.4f}  epochs {final['epochs_run']} "
-          f"({final['stopped']})  -> {out}")
+                  init_from=args.init_from, progress=not args.quiet, overwrite=args.overwrite,
+                  save_every=_save_every(args))
+    _print_final(final, out)
     return 0
+
+
+def _save_every(args) -> int | None:
+    if args.save_every is not None and args.save_every < 1:
+        raise UserError(f"--save-every must be at least 1, got {args.save_every}")
+    return args.save_every
+
+
+def _resume(args) -> int:
+    """`dlc train --resume DIR`: the run's spec, settings, seed and backend from run.yaml."""
+    from .api import compile_run, train
+    clash = [flag for flag, given in (("the spec argument", args.spec), ("--set", args.set),
+                                      ("--init-from", args.init_from), ("--out", args.out),
+                                      ("--overwrite", args.overwrite), ("--seed", args.seed))
+             if given]
+    if clash:
+        raise UserError("--resume continues a run with the spec and settings of its run.yaml; "
+                        f"drop {clash[0]}",
+                        hint=f"dlc train --resume {args.resume}")
+    out = Path(args.resume)
+    spec, run = compile_run(out)
+    backend = run.get("backend", "auto") if args.backend == "auto" else args.backend
+    final = train(spec, out, backend=backend, device=args.device or run.get("device"),
+                  seed=run.get("seed"), progress=not args.quiet, resume=True,
+                  save_every=_save_every(args))
+    _print_final(final, out)
+    return 0
+
+
+def _print_final(final: dict, out: Path) -> None:
+    acc, loss = final["test_acc"], final["test_loss"]
+    shown = f"test_acc {acc:.4f}  " if acc is not None else ""
+    shown += f"test_loss {loss:.4f}  " if loss is not None else "no test split  "
+    print(f"{shown}epochs {final['epochs_run']} ({final['stopped']})  -> {out}")
+
+
+def _build_for_run(args):
+    """The model `eval` and `predict` run: from a run directory (its spec, `--set`s and
+    checkpoint) or from a spec and --checkpoint."""
+    from .api import build, compile_run
+    if Path(args.spec).is_dir():
+        spec, _ = compile_run(args.spec, args.set)
+        checkpoint = args.checkpoint or Path(args.spec) / "checkpoint.safetensors"
+    else:
+        if not args.checkpoint:
+            raise UserError(f"dlc {args.command} {args.spec} needs --checkpoint CKPT",
+                            hint=f"or give the run directory: dlc {args.command} runs/<name>/<n>")
+        spec, checkpoint = _compile(args), args.checkpoint
+    return build(spec, backend=args.backend, device=args.device, checkpoint=checkpoint)
 
 
 def cmd_eval(args) -> int:
     import json
-    from .api import build
-    spec = _compile(args)
-    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    model = _build_for_run(args)
     print(json.dumps({"split": args.split, **model.evaluate(args.split)}))
     return 0
 
 
 def cmd_predict(args) -> int:
     import numpy as np
-    from .api import build
-    spec = _compile(args)
-    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    model = _build_for_run(args)
     try:
         x = np.load(args.input, allow_pickle=False)
     except FileNotFoundError:

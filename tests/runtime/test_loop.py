@@ -148,9 +148,9 @@ def _count_read_backs(monkeypatch):
     calls = []
     real = loop._read_back
 
-    def counted(sums, epoch, step):
+    def counted(sums, epoch, step, seen):
         calls.append((epoch, step))
-        return real(sums, epoch, step)
+        return real(sums, epoch, step, seen)
 
     monkeypatch.setattr(loop, "_read_back", counted)
     return calls
@@ -197,10 +197,10 @@ def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy(name))
     real_read_back = loop._read_back
 
-    def read_back(sums, epoch, step_no):
+    def read_back(sums, epoch, step_no, seen):
         inside[0] = True
         try:
-            return real_read_back(sums, epoch, step_no)
+            return real_read_back(sums, epoch, step_no, seen)
         finally:
             inside[0] = False
 
