@@ -94,6 +94,8 @@ def test_resume_after_a_signal_in_mid_epoch_is_exact(whole, tmp_path, sig):
 def test_resume_on_the_triton_backend_restores_its_flat_state(tmp_path, monkeypatch):
     """The triton backend keeps parameters and slots in one flat buffer: they are saved
     and loaded through it."""
+    from dlc.runtime import backends
+    monkeypatch.setattr(backends, "_ANNOUNCED", backends._ANNOUNCED)   # others expect the notice
     spec = dlc.compile_spec(_spec(tmp_path, epochs=2, batch=256))
     dlc.train(spec, tmp_path / "whole", backend="triton", progress=False)
     real, calls = model_mod.Model.evaluate_arrays, {"n": 0}
