@@ -47,7 +47,7 @@ def _parse_sets(sets: list[str]):
             raise UserError(f"--set expects KEY=VALUE, got {item!r}", Span(src, 1, 1),
                             hint="for example --set train.epochs=5 or --set model.classes=3")
         key, value = item.split("=", 1)
-        section, _, name = key.strip().partition(".")
+        section, _, name = key.strip().partition(".")   # train.optimizer.lr: name has a dot
         key_span = Span(src, 1, 1, 1, len(key) + 1)
         if section not in ("train", "model") or not name:
             raise UserError(f"--set keys are train.NAME or model.NAME, got {key!r}", key_span)
@@ -73,10 +73,16 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
         raise UserError("no model is defined in this file", Span(SourceFile(str(path), ""), 1, 1),
                         hint="a spec needs `model Name { input x: f32[...] ... }`")
     chosen = module.models[-1]
+    if model is None and len(module.models) > 1:
+        names = ", ".join(m.name for m in module.models)
+        raise UserError(f"{path} defines {len(module.models)} models ({names}); say which "
+                        "with --model NAME", module.models[1].span,
+                        hint=f"for example --model {module.models[0].name}")
     if model is not None:
         named = [m for m in module.models if m.name == model]
         if not named:
-            raise UserError(f"{path} has no model named {model!r}")
+            raise UserError(f"{path} has no model named {model!r}",
+                        hint=f"its models: {', '.join(m.name for m in module.models)}")
         chosen = named[0]
     model_sets, train_sets = _parse_sets(list(sets))
     elab = Elaborator(blocks)

@@ -21,7 +21,33 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):                       # argparse's own errors: exit 2, no traceback
         self.print_usage(sys.stderr)
         sys.stderr.write(f"dlc: error: {message}\n")
+        hint = _flag_hint(message)
+        if hint:
+            sys.stderr.write(f"  = hint: {hint}\n")
         raise SystemExit(2)
+
+
+def _flag_hint(message: str) -> str | None:
+    """`--epochs 5`, `--lr=0.1`: settings are changed with --set."""
+    if "unrecognized arguments" not in message:
+        return None
+    from .spec.train import SETTINGS
+    words = message.split(":", 1)[1].split()
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        name, _, value = word[2:].partition("=")
+        name = name.replace("-", "_")
+        if not value and i + 1 < len(words) and not words[i + 1].startswith("--"):
+            value = words[i + 1]
+        value = value or "VALUE"
+        if name in SETTINGS:
+            return f"train settings are changed with --set: --set train.{name}={value}"
+        if name in ("lr", "learning_rate"):
+            return f"the learning rate is an optimizer argument: --set train.optimizer.lr={value}"
+        return (f"there is no option --{word[2:].partition('=')[0]}; spec settings are changed "
+                f"with --set train.NAME=VALUE or --set model.PARAM=VALUE")
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("spec", help=what, nargs=nargs)
         c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting: train.epochs=5, model.classes=3")
+        c.add_argument("--model", metavar="NAME",
+                       help="the model to use when the file defines several")
         return c
 
     spec_cmd("check", "parse and check a spec; print diagnostics only")
@@ -69,12 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--split", default="test", choices=("train", "val", "test"))
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
-    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy file",
+    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy, .npz or CSV file",
                  what="a run directory, or the .dls file (then --checkpoint)")
     c.add_argument("--checkpoint", metavar="CKPT",
                    help="the weights (default: the run directory's checkpoint.safetensors)")
-    c.add_argument("--input", required=True, metavar="X.npy")
-    c.add_argument("--output", required=True, metavar="Y.npy")
+    c.add_argument("--input", required=True, metavar="X",
+                   help=".npy, .npz (an array per input, named after it) or .csv (numbers)")
+    c.add_argument("--output", required=True, metavar="Y",
+                   help=".npy (one file per output: Y.npy, then Y.<output>.npy), .npz or .csv")
+    c.add_argument("--output-kind", default="logits", choices=("logits", "probs", "labels"),
+                   help="raw outputs, softmax probabilities or argmax labels (default logits)")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
     c = spec_cmd("bench", "time the training step (and inference) of a spec on a backend")
@@ -104,7 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _compile(args):
     from .api import compile_spec
-    return compile_spec(args.spec, args.set)
+    return compile_spec(args.spec, args.set, model=args.model)
 
 
 def cmd_check(args) -> int:
@@ -115,8 +147,12 @@ def cmd_check(args) -> int:
         print(f"{args.spec}: ok (a block library: {names}; blocks are checked fully where a "
               "model uses them)")
         return 0
-    spec = _compile(args)
-    print(f"{args.spec}: ok ({spec.graph.name}, {spec.num_params():,} parameters)")
+    from .api import compile_spec
+    names = [args.model] if args.model or len(module.models) < 2 else \
+        [m.name for m in module.models]
+    for name in names:
+        spec = compile_spec(args.spec, args.set, model=name)
+        print(f"{args.spec}: ok ({spec.graph.name}, {spec.num_params():,} parameters)")
     return 0
 
 
@@ -249,39 +285,36 @@ def _build_for_run(args):
     """The model `eval` and `predict` run: from a run directory (its spec, `--set`s and
     checkpoint) or from a spec and --checkpoint."""
     from .api import build, compile_run
+    run = None
     if Path(args.spec).is_dir():
-        spec, _ = compile_run(args.spec, args.set)
+        spec, run = compile_run(args.spec, args.set)
         checkpoint = args.checkpoint or Path(args.spec) / "checkpoint.safetensors"
     else:
         if not args.checkpoint:
             raise UserError(f"dlc {args.command} {args.spec} needs --checkpoint CKPT",
                             hint=f"or give the run directory: dlc {args.command} runs/<name>/<n>")
         spec, checkpoint = _compile(args), args.checkpoint
-    return build(spec, backend=args.backend, device=args.device, checkpoint=checkpoint)
+    return build(spec, backend=args.backend, device=args.device, checkpoint=checkpoint), run
 
 
 def cmd_eval(args) -> int:
     import json
-    model = _build_for_run(args)
+    model, _ = _build_for_run(args)
     print(json.dumps({"split": args.split, **model.evaluate(args.split)}))
     return 0
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    model = _build_for_run(args)
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"no such file: {args.input}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{args.input} is not a readable .npy array ({e})") from None
-    y = model.predict(x)
-    try:
-        np.save(args.output, y)
-    except OSError as e:
-        raise UserError(f"cannot write {args.output}: {e.strerror}") from None
-    print(f"wrote {args.output}: {list(y.shape)}")
+    from .runtime.predict_io import as_kind, read_inputs, standardized, write_outputs
+    model, run = _build_for_run(args)
+    inputs = read_inputs(args.input, model.input_names)
+    inputs = standardized(inputs, (run or {}).get("data") or {})
+    outputs = {name: as_kind(y, args.output_kind, name)
+               for name, y in model.predict_outputs(
+                   inputs if len(inputs) > 1 else next(iter(inputs.values()))).items()}
+    written = write_outputs(args.output, outputs)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+    print(f"wrote {', '.join(map(str, written))}: {shapes}")
     return 0
 
 
@@ -307,6 +340,8 @@ def cmd_convert(args) -> int:
     from .runtime.convert import convert
     spec = _compile(args)
     done = convert(spec, args.source, args.output)
+    for warning in done.warnings:
+        sys.stderr.write(f"dlc: warning: {warning}\n")
     if args.show:
         for mine, theirs in done.pairs:
             print(f"  {mine} <- {theirs}  {list(spec.graph.state[mine].type.shape)}")

@@ -44,7 +44,8 @@ from .backends import make_program
 from .data import load
 from .model import Model
 from .plot import write_curves
-from . import resume, rundir
+from . import metrics, resume, rundir
+from .confusion_png import write_confusion
 from .progress import Progress
 from .schedules import learning_rate
 from .state import init_state
@@ -108,8 +109,9 @@ class TrainStep:
                                     device=model.device, seed=seed)
         self.state = init_state(train_graph, seed, model.device)    # slots start at zero
         self.state.update(model.state)                                # parameters and buffers
-        self.x_name = model.spec.graph.inputs[0].input_name
-        self.x = model.shape_batch(data.train.x, f"{data.name} examples")     # (n, *input) f32
+        self.x_name = model.spec.graph.inputs[0].input_name     # the one augment transforms
+        # input name -> (n, *input) f32: every example of the training split
+        self.xs = model.shape_inputs(data.train.x, f"{data.name} examples")
         self.y = torch.as_tensor(data.train.y, device=model.device)    # (n,) i64 / (n, k) f32
         self.classify = model.spec.config.loss.name == "cross_entropy"
         self.lr = torch.zeros((), dtype=torch.float32, device=model.device)   # () filled per step
@@ -123,7 +125,8 @@ class TrainStep:
         """One optimizer step on the examples `idx` at learning rate `lr`."""
         y = self.y.index_select(0, idx)                                 # (batch, ...)
         self.lr.fill_(lr)
-        inputs = {self.x_name: self.x.index_select(0, idx), "y": y, "lr": self.lr}
+        inputs = {name: x.index_select(0, idx) for name, x in self.xs.items()}
+        inputs.update(y=y, lr=self.lr)
         batch = self.augment(inputs[self.x_name]) if self.augment else None
         if batch is not None:
             inputs[self.x_name] = batch.x
@@ -203,7 +206,7 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
         seen += len(idx)
         if bar.due():
             loss_sum, _ = _read_back(step.sums, epoch, i + 1, seen)
-            bar.step(epoch, i + 1, loss_sum / seen)
+            bar.step(epoch, i + 1, loss_sum / seen, seen)
     seen = batches.used
     loss_sum, correct = _read_back(step.sums, epoch, batches.steps, seen)
     return EpochStats(loss_sum / seen, correct / seen if step.classify else None, lr)
@@ -308,7 +311,8 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     if not resume:
         _write_run_yaml(out_dir / "run.yaml", spec, run.cfg, run.model, run.seed, run.data)
     _rewrite_metrics(out_dir / "metrics.jsonl", outcome.records)
-    bar = Progress(run.cfg.epochs, run.batches.steps, enabled=progress)
+    bar = Progress(run.cfg.epochs, run.batches.steps, enabled=progress,
+                   examples=run.batches.n)
     t_start = time.perf_counter()
     try:
         for epoch in range(first, run.cfg.epochs + 1):
@@ -409,7 +413,8 @@ def _finish(run: _Run, outcome: _Outcome, t_start: float) -> dict:
              "stopped": outcome.stopped,
              "best_epoch": stopper.best_epoch if stopper is not None else epochs_run,
              "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
-             "backend": model.backend, "device": str(model.device)}
+             "backend": model.backend, "device": str(model.device),
+             **_test_metrics(model, run.data, out_dir)}
     (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
     if outcome.stopped == "interrupted":
         raise KeyboardInterrupt
@@ -430,6 +435,22 @@ def _check_augment(spec, model: Model) -> None:
             raise UserError(f"{call.name} transforms images, but the model's input is {x}",
                             call.span, hint="the input must be [channels, height, width]; "
                             "noise and mixup work on any input")
+
+
+def _test_metrics(model: Model, data, out_dir: Path) -> dict:
+    """Regression: test_mae, test_rmse, test_r2. Classification: test_classes (per-class
+    precision, recall, F1, support, macro means, the confusion matrix), also drawn as
+    confusion.png."""
+    test = data.test
+    if len(test) == 0:
+        return {}
+    pred = model.predict(test.x)
+    if data.classes is None:
+        return {f"test_{k}": v for k, v in metrics.regression(pred, test.y).items()}
+    scores = metrics.classification(pred, test.y, data.classes)
+    write_confusion(scores["confusion"], out_dir / "confusion.png",
+                    getattr(data, "class_names", None))
+    return {"test_classes": scores}
 
 
 def _check_batch_norm(spec, smallest: int) -> None:
@@ -453,31 +474,34 @@ def _versions() -> dict:
 
 
 def _check_data(model: Model, data, cfg) -> None:
-    out = model.spec.graph.outputs[0].type
+    """The data fits the loss and the model's output and input; errors point at the spec
+    line to change (the train setting when written, else the model's output or input)."""
+    g = model.spec.graph
+    out = g.outputs[0].type
+    out_loc = next((n.loc for n in reversed(g.nodes) if n.loc is not None), None)
+    where = cfg.loss.span or cfg.data.span or out_loc
     if cfg.loss.name == "cross_entropy":
         if data.classes is None:
             raise UserError("cross_entropy needs class labels, but the data has regression "
-                            "targets", cfg.loss.span)
+                            "targets", where)
         if out.rank != 2 or out.shape[1] < data.classes:
             raise UserError(f"the model's output {out} cannot score {data.classes} classes of "
-                            f"{data.name}", cfg.loss.span or cfg.data.span,
+                            f"{data.name}", out_loc or where,
                             hint=f"end the model with linear({data.classes})")
     elif data.classes is not None:
         raise UserError(f"{cfg.loss.name} needs numeric targets, but {data.name} has class labels",
-                        cfg.loss.span or cfg.data.span,
-                        hint="use cross_entropy, or classes=false for csv/npz targets")
+                        where, hint="use cross_entropy, or classes=false for csv/npz targets")
     else:
         want = tuple(out.shape[1:])
         have = tuple(data.train.y.shape[1:])
         if want != have:
             raise UserError(f"the model's output {out} does not match the targets of "
-                            f"{data.name} ({list(have)} per example)",
-                            cfg.loss.span or cfg.data.span)
+                            f"{data.name} ({list(have)} per example)", out_loc or where)
     try:
-        model.shape_batch(data.train.x[:1], f"{data.name} examples")
+        model.shape_inputs(data.train.take(slice(0, 1)).x, f"{data.name} examples")
     except UserError as e:
         default = "data" not in cfg.spans
-        raise UserError(e.message, cfg.spans.get("data"),
+        raise UserError(e.message, g.input_locs.get(g.inputs[0].input_name) or cfg.spans.get("data"),
                         hint=("the train section names no data, so digits is used; add a "
                               "`data` setting that fits the model's input") if default else
                         "the data and the model's input must hold the same values per example"
@@ -489,8 +513,7 @@ def _write_run_yaml(path: Path, spec, cfg, model: Model, seed: int, data) -> Non
         "spec": str(Path(spec.path).resolve()), "model": spec.graph.name, "spec_sha256": spec.spec_hash,
         "sets": list(spec.sets), "seed": seed, "backend": model.backend,
         "device": str(model.device), "params": spec.num_params(),
-        "data": {"name": data.name, "train": len(data.train), "val": len(data.val),
-                 "test": len(data.test), "classes": data.classes},
+        "data": data.describe(),
         "train": {**cfg.to_dict(), "seed": seed}, "versions": _versions(),
         "command": " ".join(sys.argv),
     }

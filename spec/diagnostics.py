@@ -80,9 +80,25 @@ def _render_one(kind: str, message: str, span: Span | None) -> str:
     width = 1
     if span.end_line == span.line and span.end_col and span.end_col > span.col:
         width = span.end_col - span.col
+    src, col, width = _window(src, span.col, width)
     gutter = f"{span.line:>4} | "
-    caret = " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" + "~" * (width - 1)
+    caret = " " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^" + "~" * (width - 1)
     return f"{head}\n{gutter}{src}\n{caret}"
+
+
+WINDOW = 100          # the most characters of a source line a diagnostic shows
+
+
+def _window(src: str, col: int, width: int) -> tuple[str, int, int]:
+    """A long line cut to WINDOW characters around the caret, with `...` where it was cut;
+    the caret's column and width within what is shown."""
+    if len(src) <= WINDOW:
+        return src, col, width
+    start = max(0, min(col - 1 - WINDOW // 3, len(src) - WINDOW))
+    end = start + WINDOW
+    shown = ("..." if start else "") + src[start:end] + ("..." if end < len(src) else "")
+    col = col - start + (3 if start else 0)
+    return shown, col, max(1, min(width, WINDOW - (col - 1)))
 
 
 def did_you_mean(name: str, candidates) -> str | None:

@@ -146,6 +146,7 @@ class Elaborator(GraphForms):
                                 f"got {describe(v)}", d.span)
             dims.append(v)
         v = self.graph.add_input(stmt.name, TensorType(("N", *dims)))
+        self.graph.input_locs[stmt.name] = stmt.span
         return Tensor(v, stmt.span, f"the input {stmt.name}")
 
     def lookup_tensor(self, name: str, span: Span, env: Env) -> Tensor:
@@ -201,7 +202,7 @@ class Elaborator(GraphForms):
             raise UserError(f"{node.id} needs a count and a body: {node.id}(4) {{ ... }}", node.span)
         candidates = env.names() + list(self.blocks) + layer_names()
         raise UserError(f"unknown layer or value '{node.id}'", node.span,
-                        hint=did_you_mean(node.id, candidates))
+                        hint=did_you_mean(node.id, candidates) or _import_hint(node.id))
 
     def eval_Attr(self, node, env):
         obj = self.eval(node.obj, env)
@@ -342,7 +343,8 @@ class Elaborator(GraphForms):
             except KeyError:
                 pass
             raise UserError(f"unknown layer '{node.name}'", node.name_span,
-                            hint=did_you_mean(node.name, list(self.blocks) + layer_names()))
+                            hint=did_you_mean(node.name, list(self.blocks) + layer_names())
+                            or _import_hint(node.name))
         title = _title(node)
         if any(_mentions_in(a.value) for a in node.args):
             return Step(title, node.span, lambda x: self.apply_call(node, env, x, None))
@@ -492,3 +494,11 @@ def _title(node: ast.Call) -> str:
     if node.span.end_line == node.span.line and node.span.end_col:
         return text[node.span.col - 1:node.span.end_col - 1]
     return node.name
+
+
+def _import_hint(name: str) -> str | None:
+    """For an unknown capitalised name (blocks are named so): it may live in another file."""
+    if name[:1].isupper():
+        return (f"if {name} is a block defined in another file, import it: "
+                'import "blocks/file.dls"')
+    return None

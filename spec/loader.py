@@ -48,7 +48,26 @@ def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
             _define(blocks, b)
     for b in module.blocks:
         _define(blocks, b)
+    _check_names(module)
     return module, blocks
+
+
+def _check_names(module: ast.Module) -> None:
+    """Two models of one name, or two parameters of one name in a block or model."""
+    from .diagnostics import Note
+    seen: dict[str, ast.BlockDef] = {}
+    for m in module.models:
+        if m.name in seen:
+            raise UserError(f"model '{m.name}' is defined twice", m.span,
+                            notes=[Note("first defined here", seen[m.name].span)])
+        seen[m.name] = m
+    for d in (*module.blocks, *module.models):
+        params: dict[str, ast.Param] = {}
+        for prm in d.params:
+            if prm.name in params:
+                raise UserError(f"{d.kind} {d.name} has two parameters named '{prm.name}'",
+                                prm.span, notes=[Note("the first is here", params[prm.name].span)])
+            params[prm.name] = prm
 
 
 def _define(blocks: dict[str, ast.BlockDef], b: ast.BlockDef) -> None:

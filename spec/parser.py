@@ -148,8 +148,12 @@ def parse_expr(text: str, src: SourceFile, offset: int = 0) -> ast.Node:
     try:
         module = parse(f"train {{\n_ {text}\n}}\n", src.path)
     except UserError as e:
-        col = e.span.col + offset - 2 if e.span is not None and e.span.line == 2 else len(src.text) + 1
-        raise UserError(e.message, Span(src, 1, max(1, col)), hint=e.hint) from None
+        if e.span is not None and e.span.line == 2:
+            raise UserError(e.message, Span(src, 1, max(1, e.span.col + offset - 2)),
+                            hint=e.hint) from None
+        # past the value's end: the wrapper's own `}` is not what the user typed
+        raise UserError("the value ends too early", Span(src, 1, len(src.text) + 1),
+                        hint=e.hint) from None
     if len(module.trains[0].settings) != 1:
         raise UserError("a --set value must be one expression on one line", Span(src, 1, offset + 1))
     value = module.trains[0].settings[0].value

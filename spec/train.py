@@ -41,6 +41,7 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
 }
 PRECISIONS = ("f32", "bf16")
+SWITCHABLE = ("early_stopping", "penalty")      # settings `off` removes
 
 
 class _ConfigValue:
@@ -115,6 +116,10 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         raise UserError(f"unknown train setting '{key}'", key_span,
                         hint=did_you_mean(key, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
     kind, table, example = SETTINGS[key]
+    if key in SWITCHABLE and isinstance(expr, ast.Name) and expr.id == "off":
+        setattr(cfg, key, None)                    # `--set train.penalty=off`
+        cfg.spans[key] = key_span
+        return
     if expr is None and kind == "bool":
         setattr(cfg, key, True)
         cfg.spans[key] = key_span
@@ -126,6 +131,13 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
     if expr is None and kind != "early":
         raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
     value = _ConfigEval().eval(expr, None) if expr is not None else None
+    apply_setting_value(cfg, key, key_span, value, value_span)
+
+
+def apply_setting_value(cfg: TrainConfig, key: str, key_span: Span, value,
+                        value_span: Span) -> None:
+    """Check and set one train setting from its evaluated value."""
+    kind, table, example = SETTINGS[key]
     if kind == "call":
         call = _as_call(value, key, value_span, table)
         if key == "optimizer":
@@ -214,6 +226,33 @@ def _weight_noise(value, span: Span, example: str) -> Call:
     return call
 
 
+def apply_argument(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node) -> None:
+    """`--set train.optimizer.lr=0.1`: one argument of a setting that is a call, the
+    others kept as they were."""
+    setting, _, arg = key.partition(".")
+    if setting not in SETTINGS:
+        raise UserError(f"unknown train setting '{setting}'", key_span,
+                        hint=did_you_mean(setting, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+    call = getattr(cfg, setting)
+    kind, table, _ = SETTINGS[setting]
+    if kind not in ("call", "early") or call is None or "." in arg:
+        raise UserError(f"'{setting}' has no argument '{arg}' to set"
+                        + (" (it is off)" if call is None and kind != "posint" else ""),
+                        key_span, hint=f"set the whole setting: --set train.{setting}=...")
+    keyword = {k: (_as_config(v), call.arg_spans.get(k, call.span)) for k, v in call.args.items()}
+    keyword[arg] = (_ConfigEval().eval(expr, None), key_span)
+    value = _ConfigValue(call.name, call.span, [], keyword)
+    saved_span = cfg.spans.get(setting)
+    apply_setting_value(cfg, setting, key_span, value, key_span)
+    if saved_span is not None:
+        cfg.spans[setting] = saved_span
+
+
+def _as_config(v):
+    """A bound argument value as the train section's evaluator would give it."""
+    return Symbol(v) if isinstance(v, str) and v in ("val_loss", "val_acc") else v
+
+
 def resolve_train(trains: list[ast.TrainDef],
                   overrides: list[tuple[str, Span, ast.Node]]) -> TrainConfig:
     cfg = TrainConfig()
@@ -229,11 +268,25 @@ def resolve_train(trains: list[ast.TrainDef],
             seen[s.key] = s.key_span
             apply_setting(cfg, s.key, s.key_span, s.value, s.value.span if s.value else s.span)
     for key, span, expr in overrides:
-        apply_setting(cfg, key, span, expr, expr.span)
+        if "." in key:
+            apply_argument(cfg, key, span, expr)
+        else:
+            apply_setting(cfg, key, span, expr, expr.span)
     for key in ("data", "loss", "optimizer", "schedule"):     # defaults get their defaults too
         call = getattr(cfg, key)
         table = SETTINGS[key][1]
         setattr(cfg, key, Call(call.name, bind(table[call.name], [], dict(
             (k, (v, call.arg_spans.get(k))) for k, v in call.args.items()), call.name, call.span),
             call.span, call.arg_spans))
+    _check_early_stopping_has_val(cfg)
     return cfg
+
+
+def _check_early_stopping_has_val(cfg: TrainConfig) -> None:
+    """Early stopping monitors the validation split: data with val=0 has none."""
+    es = cfg.early_stopping
+    if es is not None and cfg.data.args.get("val", 1) == 0:
+        raise UserError(f"early stopping monitors {es.args['monitor']}, but the data has no "
+                        "validation split (val=0)", cfg.data.arg_spans.get("val", es.span),
+                        notes=[Note("early stopping is set here", es.span)],
+                        hint="set val > 0 in data, or remove early_stopping")

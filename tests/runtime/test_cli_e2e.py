@@ -198,7 +198,7 @@ def test_csv_errors_are_user_errors(tmp_path, capsys):
         'train {\n    data csv(path="data.csv", label="label")\n}\n')
     code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "data.csv:3: a value is not a number" in err
+    assert code == 2 and "data.csv:3: column 'b' holds 'x', which is not a number" in err
     (tmp_path / "m.dls").write_text(
         "model Tiny {\n    input x: f32[2]\n    linear(2)\n}\n"
         'train {\n    data csv(path="missing.csv")\n}\n')

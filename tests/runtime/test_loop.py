@@ -135,7 +135,7 @@ def test_progress_is_due_at_most_every_refresh_interval():
     now[0] = Progress.REFRESH_S
     assert bar.due()
     bar.step(1, 3, 0.5)
-    assert not bar.due() and "3/10 loss 0.5000" in bar.stream.getvalue()
+    assert not bar.due() and "step 3/10 loss 0.5000" in bar.stream.getvalue()
     quiet = Progress(1, 10, enabled=False, stream=_TTY(), clock=lambda: now[0])
     now[0] = 100.0
     assert not quiet.due()
