@@ -46,6 +46,7 @@ class TrainConfig:
     weight_noise: Call | None = None   # std * N(0, 1) added to every weight in each training step
     shuffle: bool = True               # a fresh permutation of the training split every epoch
     drop_last: bool = False            # leave out an epoch's last, short batch
+    ensemble: Call | None = None       # kfold(k), bagging(n) or boosting(n): several models
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
 
     def to_dict(self) -> dict:
@@ -61,6 +62,7 @@ class TrainConfig:
             "augment": [c.to_dict() for c in self.augment],
             "weight_noise": self.weight_noise.to_dict() if self.weight_noise else None,
             "shuffle": self.shuffle, "drop_last": self.drop_last,
+            "ensemble": self.ensemble.to_dict() if self.ensemble else None,
         }
 
     @property

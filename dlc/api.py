@@ -7,6 +7,8 @@
     model = dlc.build(spec, checkpoint="runs/digits/checkpoint.safetensors")
     y     = model.predict(x)                               # numpy in, numpy out
     print(model.evaluate())                                # test split of the spec's data
+    model = dlc.load_run("runs/digits")                    # a Model, or for kfold/bagging/
+                                                           # boosting runs the whole Ensemble
 """
 from __future__ import annotations
 
@@ -122,7 +124,21 @@ def build(spec: CompiledSpec, backend: str = "auto", device: str | None = None,
 def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
           device: str | None = None, seed: int | None = None,
           init_from: str | Path | None = None, progress: bool = True):
-    """Train as the spec says and write the run directory; returns the final metrics."""
+    """Train as the spec says and write the run directory; returns the final metrics.
+    A train section with kfold, bagging or boosting trains every member of the ensemble
+    (runtime/ensemble.py)."""
+    if spec.config.ensemble is not None:
+        from .runtime.ensemble import run_ensemble
+        return run_ensemble(spec, Path(out_dir), backend=backend, device=device, seed=seed,
+                            init_from=init_from, progress=progress)
     from .runtime.loop import run_training
     return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
                         init_from=init_from, progress=progress)
+
+
+def load_run(run_dir: str | Path, spec: CompiledSpec | None = None, backend: str = "auto",
+             device: str | None = None):
+    """What a run directory holds, ready to evaluate and predict: a Model, or an Ensemble
+    (same interface) for kfold/bagging/boosting runs. `spec` defaults to run.yaml's."""
+    from .runtime.ensemble import load_run as _load_run
+    return _load_run(run_dir, spec, backend=backend, device=device)

@@ -1,4 +1,4 @@
-"""The `dlc` command line: check, compile, train, eval, predict, bench, convert.
+"""The `dlc` command line: check, compile, train, eval, predict, bench, convert, plot.
 
 Exit codes: 0 success, 2 a user error (spec, arguments, data), 1 anything else,
 130 interrupted.  Set DLC_DEBUG=1 to see the traceback of an internal error.
@@ -55,12 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--init-from", metavar="CKPT", help="start from these weights")
     c.add_argument("--quiet", action="store_true", help="no progress output")
     c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data")
-    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint, or a run directory (an ensemble's: all its members)")
     c.add_argument("--split", default="test", choices=("train", "val", "test"))
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
     c = spec_cmd("predict", "run a checkpoint on inputs from a .npy file")
-    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint, or a run directory (an ensemble's: all its members)")
     c.add_argument("--input", required=True, metavar="X.npy")
     c.add_argument("--output", required=True, metavar="Y.npy")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
@@ -87,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="CKPT",
                    help="the dlc checkpoint to write (.safetensors)")
     c.add_argument("--show", action="store_true", help="print every dlc <- source pair")
+    c = sub.add_parser("plot", help="overlay the training curves of run directories",
+                       description="overlay the training curves of run directories: loss, "
+                       "accuracy and learning rate per epoch, best epochs marked")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("-o", "--output", default="curves", metavar="PATH",
+                   help="PATH.png and PATH.svg, or only PATH if it ends in .png, .svg or "
+                        ".pdf (default: curves)")
     return p
 
 
@@ -185,27 +194,32 @@ def cmd_train(args) -> int:
     out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
     final = train(spec, out, backend=args.backend, device=args.device, seed=args.seed,
                   init_from=args.init_from, progress=not args.quiet)
-    acc = final["test_acc"]
-    shown = f"test_acc {acc:.4f}  " if acc is not None else ""
-    print(f"{shown}test_loss {final['test_loss']:.4f}  epochs {final['epochs_run']} "
-          f"({final['stopped']})  -> {out}")
+    shown = "  ".join(f"{k} {final[k]:.4f}" for k in ("test_acc", "test_loss")
+                      if final[k] is not None)
+    kind = f"{final['kind']}: " if "kind" in final else ""
+    print(f"{kind}{shown}  epochs {final['epochs_run']} ({final['stopped']})  -> {out}")
     return 0
+
+
+def _trained(args):
+    """The model of --checkpoint: a checkpoint file, or a run directory (load_run)."""
+    from .api import build, load_run
+    spec = _compile(args)
+    if Path(args.checkpoint).is_dir():
+        return load_run(args.checkpoint, spec, backend=args.backend, device=args.device)
+    return build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
 
 
 def cmd_eval(args) -> int:
     import json
-    from .api import build
-    spec = _compile(args)
-    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    model = _trained(args)
     print(json.dumps({"split": args.split, **model.evaluate(args.split)}))
     return 0
 
 
 def cmd_predict(args) -> int:
     import numpy as np
-    from .api import build
-    spec = _compile(args)
-    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    model = _trained(args)
     try:
         x = np.load(args.input, allow_pickle=False)
     except FileNotFoundError:
@@ -253,8 +267,15 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .runtime.plot import plot_runs
+    written = plot_runs([Path(r) for r in args.runs], Path(args.output))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eval": cmd_eval,
-            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert}
+            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

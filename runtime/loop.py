@@ -5,7 +5,7 @@
     checkpoint.safetensors   weights after the last finished epoch (best epoch with early stopping)
     final.json               test_loss, test_acc, epochs_run, stopped (why), best_epoch
     run.yaml                 resolved configuration, versions, spec hash, command
-    curves.svg               loss and accuracy per epoch
+    curves.png, curves.svg   loss, accuracy and learning rate per epoch (runtime/plot.py)
 
 `run_training` is put together from small parts:
 
@@ -191,10 +191,11 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedu
     return EpochStats(loss_sum / seen, correct / seen if step.classify else None, lr)
 
 
-def _record(model: Model, data, epoch: int, train: EpochStats, t0: float) -> dict:
-    """The epoch's metrics.jsonl record: its training metrics and the validation split's."""
+def _record(model: Model, data, epoch: int, train: EpochStats, t0: float, tag: dict) -> dict:
+    """The epoch's metrics.jsonl record: its training metrics and the validation split's,
+    after the `tag` of an ensemble member (`{"fold": 2}`)."""
     val = model.evaluate_arrays(data.val.x, data.val.y)
-    return {"epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
+    return {**tag, "epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
             "seconds": round(time.perf_counter() - t0, 4)}
 
@@ -254,16 +255,21 @@ class _Outcome:
 
 
 def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
-                 init_from=None, progress=True) -> dict:
+                 init_from=None, progress=True, data=None, tag=None) -> dict:
     """Train the spec's model as its train section says, writing the run directory
     `out_dir`; returns final.json's contents. An interrupted run raises KeyboardInterrupt
-    and a diverged one a UserError, each after writing final.json."""
+    and a diverged one a UserError, each after writing final.json.
+
+    The hook for ensembles (runtime/ensemble.py): `data`, a Dataset to train on instead
+    of the train section's (a fold, a resample), and `tag`, put first in every
+    metrics.jsonl record and in final.json (`{"member": 3}`)."""
     cfg = spec.config
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)
     train_graph = build_train_graph(spec.graph, cfg)
     model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=[train_graph])
-    data = load(cfg.data, seed, spec.path.parent)
+    tag = dict(tag or {})
+    data = load(cfg.data, seed, spec.path.parent) if data is None else data
     _check_data(model, data, cfg)
     if init_from is not None:
         model.load(init_from)
@@ -288,7 +294,7 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
             t0 = time.perf_counter()
             train = _train_epoch(step, batches, epoch, schedule, bar)
             step.copy_to(model)
-            record = _record(model, data, epoch, train, t0)
+            record = _record(model, data, epoch, train, t0, tag)
             schedule.end_epoch(epoch, record)
             outcome.records.append(record)
             with open(metrics, "a") as f:
@@ -306,19 +312,20 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
         outcome.stopped, outcome.diverged = "diverged", str(e)
     finally:
         if outcome.records:
-            write_curves(outcome.records, out_dir / "curves.svg")
-    return _finish(spec, model, data, out_dir, outcome, stopper, t_start)
+            write_curves(outcome.records, out_dir / "curves",
+                         stopper.best_epoch if stopper is not None else None)
+    return _finish(spec, model, data, out_dir, outcome, stopper, t_start, tag)
 
 
 def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
-            stopper: EarlyStopping | None, t_start: float) -> dict:
+            stopper: EarlyStopping | None, t_start: float, tag: dict) -> dict:
     """Evaluate the test split on the final (with early stopping, the best) weights and
     write final.json; then re-raise an interruption or report a divergence."""
     if stopper is not None and stopper.best_state is not None:
         model.state.update(stopper.best_state)
     epochs_run = len(outcome.records)
     test = model.evaluate_arrays(data.test.x, data.test.y)
-    final = {"test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
+    final = {**tag, "test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
              "stopped": outcome.stopped,
              "best_epoch": stopper.best_epoch if stopper is not None else epochs_run,
              "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),

@@ -22,6 +22,15 @@ PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)
 EARLY_STOPPING = (Arg("monitor", "val_loss", kind="name"), Arg("patience", 5, kind="int"),
                   Arg("min_delta", 0.0, kind="float"))
+# several models from one spec (runtime/ensemble.py); one of them per train section
+ENSEMBLES = {
+    "kfold": (Arg("k", 5, kind="int", doc="number of folds, at least 2"),
+              Arg("stratify", True, kind="bool", doc="every fold keeps the class proportions")),
+    "bagging": (Arg("n", 5, kind="int", doc="members, each on a bootstrap resample"),
+                Arg("combine", "mean", kind="name", doc="mean (probabilities) or vote"),
+                Arg("fraction", 1.0, kind="float", doc="resample size / training split size")),
+    "boosting": (Arg("n", 10, kind="int", doc="rounds of SAMME, at most one member each"),),
+}
 
 # key -> (kind, table of named choices or None, what to write)
 SETTINGS: dict[str, tuple[str, dict | None, str]] = {
@@ -41,6 +50,9 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
     "clip": ("call", CLIPS, "clip norm(1.0)   (or value(0.5))"),
     "params": ("group", None, 'params("*.bias", weight_decay=0)'),
+    "kfold": ("ensemble", ENSEMBLES, "kfold(5)"),
+    "bagging": ("ensemble", ENSEMBLES, "bagging(5, combine=vote)"),
+    "boosting": ("ensemble", ENSEMBLES, "boosting(10)"),
 }
 REPEATABLE = ("params",)
 PRECISIONS = ("f32", "bf16")
@@ -132,7 +144,7 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         cfg.augment = _augment_chain(expr)
         cfg.spans[key] = key_span
         return
-    if expr is None and kind != "early":
+    if expr is None and kind not in ("early", "ensemble"):
         raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
     value = _ConfigEval().eval(expr, None) if expr is not None else None
     if kind == "call":
@@ -193,6 +205,8 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         if call.args["patience"] < 1:
             raise UserError("patience must be at least 1", call.arg_spans.get("patience"))
         cfg.early_stopping = call
+    elif kind == "ensemble":
+        cfg.ensemble = _ensemble(cfg, key, key_span, value, value_span)
     cfg.spans[key] = key_span
 
 
@@ -301,6 +315,35 @@ def check_param_groups(cfg: TrainConfig, graph) -> None:
                                 hint=did_you_mean(pat, names) or
                                 f"parameters: {', '.join(names[:6])}"
                                 f"{', ...' if len(names) > 6 else ''}")
+
+
+def _ensemble(cfg: TrainConfig, key: str, key_span: Span, value, value_span: Span) -> Call:
+    """`kfold(5)`, `kfold 5`, `bagging(8, combine=vote)`, `boosting` (the defaults)."""
+    if cfg.ensemble is not None and cfg.ensemble.name != key:
+        raise UserError(f"{key} cannot be combined with {cfg.ensemble.name}: a train section "
+                        "makes one kind of ensemble", key_span,
+                        notes=[Note(f"{cfg.ensemble.name} is set here", cfg.spans[cfg.ensemble.name])])
+    if value is None:
+        value = _ConfigValue(key, key_span, [], {})
+    elif not (isinstance(value, _ConfigValue) and value.name == ""):
+        value = _ConfigValue(key, value_span, [(value, value_span)], {})
+    value.name = key
+    for k, (v, s) in list(value.keyword.items()):
+        if isinstance(v, Symbol):
+            value.keyword[k] = (v.name, s)
+    call = _as_call(value, key, value_span, ENSEMBLES)
+    a, where = call.args, lambda arg: call.arg_spans.get(arg, call.span)
+    if key == "kfold" and a["k"] < 2:
+        raise UserError(f"kfold needs at least 2 folds, got {a['k']}", where("k"))
+    if key != "kfold" and a["n"] < 1:
+        raise UserError(f"{key} needs at least 1 member, got {a['n']}", where("n"))
+    if key == "bagging" and a["combine"] not in ("mean", "vote"):
+        raise UserError(f"bagging combines by mean or vote, not '{a['combine']}'",
+                        where("combine"), hint=did_you_mean(a["combine"], ("mean", "vote")))
+    if key == "bagging" and not a["fraction"] > 0:
+        raise UserError(f"a resample's fraction must be above 0, got {a['fraction']}",
+                        where("fraction"))
+    return call
 
 
 def resolve_train(trains: list[ast.TrainDef],
