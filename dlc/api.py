@@ -18,7 +18,8 @@ from pathlib import Path
 
 from .compiler.config import TrainConfig
 from .compiler.ir import Graph
-from .spec.diagnostics import SourceFile, Span, UserError
+from .compiler.ops.registry import ShapeError
+from .spec.diagnostics import SourceFile, Span, UserError, located
 
 
 @dataclass
@@ -91,6 +92,8 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
         graph = elab.build(chosen, env_overrides)
     except RecursionError:
         raise UserError("the model nests too deeply to elaborate", chosen.span) from None
+    except ShapeError as e:
+        raise located(e, chosen.span) from None
     config = resolve_train(module.trains, train_sets)
     check_param_groups(config, graph)
     digest = hashlib.sha256()
@@ -100,17 +103,17 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
 
 
 def _sources(path: Path) -> set[str]:
-    from .spec.loader import read_source
-    from .spec.parser import parse
+    from .spec.loader import parse_cached, read_source
     seen: set[str] = set()
     stack = [path]
     while stack:
-        p = Path(stack.pop()).resolve()
+        q = Path(stack.pop())                  # as the loader spells it: its parse is cached
+        p = q.resolve()
         if str(p) in seen:
             continue
         seen.add(str(p))
-        module = parse(read_source(p), str(p))
-        stack.extend(p.parent / imp.path for imp in module.imports)
+        module = parse_cached(read_source(q), str(q))
+        stack.extend(q.parent / imp.path for imp in module.imports)
     return seen
 
 

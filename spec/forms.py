@@ -13,6 +13,7 @@ from . import ast
 from .bind import describe
 from .diagnostics import Note, Span, UserError
 from .values import Step, Tensor
+from ..compiler import limits
 from ..compiler.ops import Builder
 
 if TYPE_CHECKING:
@@ -35,11 +36,14 @@ class GraphForms:
             if isinstance(n, bool) or not isinstance(n, int) or n < least:
                 raise UserError(f"{node.name} needs a whole count of at least {least}, got "
                                 f"{describe(n)}", arg.span)
+            most = limits.MAX_REPEAT if node.name == "repeat" else limits.MAX_DENSE
+            self.check_count(n, arg.span, f"a {node.name} count", most)
             return n
 
         if node.name == "repeat":
             def apply_repeat(x: Tensor) -> Tensor:
                 for _ in range(count(x)):
+                    self.tick(node.span)
                     x = self.run_body(node.body, env, x)
                 return x
             return Step("repeat", node.span, apply_repeat)
@@ -51,6 +55,7 @@ class GraphForms:
             feats = [x]
             try:
                 for i in range(1, n + 1):
+                    self.tick(node.span)
                     self.scope = [*name.split("."), f"layer{i}"]
                     inp = feats[0] if len(feats) == 1 else self.concat(feats, node.span)
                     feats.append(self.run_body(node.body, env, inp))
@@ -63,6 +68,7 @@ class GraphForms:
         self.check_concat(parts, span, what)
         b = Builder(self.graph, loc=span, scope=".".join(self.scope))
         v = b.emit1("concat", [p.value for p in parts], {"axis": 1})
+        self.account([v.type], [], span, "a concatenation")
         return Tensor(v, span, "a concatenation")
 
     def check_concat(self, parts: list[Tensor], span: Span, what: str) -> None:
@@ -118,5 +124,6 @@ class GraphForms:
                                out.what))
         self.check_concat(outs, node.span, "branch")
         b = Builder(self.graph, loc=node.span, scope=".".join(self.scope))
-        return Tensor(b.emit1("concat", [t.value for t in outs], {"axis": 1}), node.span,
-                      "the output of a concat")
+        v = b.emit1("concat", [t.value for t in outs], {"axis": 1})
+        self.account([v.type], [], node.span, "a concat")
+        return Tensor(v, node.span, "the output of a concat")

@@ -1,6 +1,7 @@
 """The `train { }` section: evaluate settings into a checked `TrainConfig`."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..compiler.config import Call, TrainConfig
@@ -158,8 +159,14 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             raise UserError(f"schedule {call.name}: {problem}", call.arg_spans.get(arg, call.span))
         if key == "clip" and next(iter(call.args.values())) <= 0:
             raise UserError(f"clip {call.name}: the limit must be positive", call.span)
-        if key == "penalty" and call.args["strength"] < 0:
-            raise UserError("a penalty's strength must not be negative",
+        if key == "loss":
+            problem = get_op(call.name).check(call.args)
+            if problem:
+                bad = [call.arg_spans[k] for k in call.args if k in call.arg_spans
+                       and k in problem]
+                raise UserError(f"loss {call.name}: {problem}", bad[0] if bad else call.span)
+        if key == "penalty" and not 0 <= call.args["strength"] < math.inf:
+            raise UserError("a penalty's strength must be a finite number, not negative",
                             call.arg_spans.get("strength", call.span))
         setattr(cfg, key, call)
     elif kind == "batch":
