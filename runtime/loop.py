@@ -281,7 +281,7 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     schedule = _schedule(cfg, data, batches.steps)
     step = TrainStep(train_graph, model, data, seed)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _start_run_dir(out_dir)
     _write_run_yaml(out_dir / "run.yaml", spec, cfg, model, seed, data)
     metrics = out_dir / "metrics.jsonl"
     metrics.write_text("")
@@ -315,6 +315,19 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
             write_curves(outcome.records, out_dir / "curves",
                          stopper.best_epoch if stopper is not None else None)
     return _finish(spec, model, data, out_dir, outcome, stopper, t_start, tag)
+
+
+# What one run writes.  A new run in a folder clears these first, so a folder never mixes the
+# files of two runs, even when the new one is killed before its first epoch ends.
+RUN_FILES = ("final.json", "curves.svg", "checkpoint.safetensors", "metrics.jsonl", "run.yaml")
+
+
+def _start_run_dir(out_dir: Path) -> None:
+    """Create the run folder, removing a previous run's files (run.yaml last, so a kill
+    part-way leaves a folder that is visibly no complete run rather than a mixed one)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
 
 
 def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
