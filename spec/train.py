@@ -166,7 +166,7 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
                        and k in problem]
                 raise UserError(f"loss {call.name}: {problem}", bad[0] if bad else call.span)
         if key == "penalty" and not 0 <= call.args["strength"] < math.inf:
-            raise UserError("a penalty's strength must be a finite number, not negative",
+            raise UserError("a penalty's strength must not be negative, and must be finite",
                             call.arg_spans.get("strength", call.span))
         setattr(cfg, key, call)
     elif kind == "batch":
