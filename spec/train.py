@@ -9,7 +9,7 @@ from ..compiler.ops import get as get_op
 from ..compiler.optimizers import CLIPS, MATCH_NAMES, OPTIMIZERS, check_optimizer_args
 from ..compiler.ops.registry import Arg
 from ..runtime.augment import AUGMENTS, LABEL_MIXERS, check_augment
-from ..runtime.data import DATASOURCES
+from ..runtime.data import DATASOURCES, check_data_args
 from ..runtime.schedules import SCHEDULES, check_schedule_args
 from . import ast
 from .bind import bind, describe
@@ -123,6 +123,19 @@ def _as_call(value: Any, key: str, span: Span, table: dict) -> Call:
     return Call(value.name, args, value.span, arg_spans)
 
 
+def _check_values(key: str, call: Call) -> None:
+    """Values the runtime could not use, reported where the train section says them."""
+    problem = None
+    if key == "loss":
+        text = get_op(call.name).check(call.args)
+        problem = (text, "label_smoothing") if text else None
+    elif key == "data":
+        problem = check_data_args(call)
+    if problem:
+        text, arg = problem
+        raise UserError(f"{key} {call.name}: {text}", call.arg_spans.get(arg, call.span))
+
+
 def _int(value, key, span, minimum=None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"{key} must be a whole number, got {describe(value)}", span)
@@ -159,12 +172,7 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             raise UserError(f"schedule {call.name}: {problem}", call.arg_spans.get(arg, call.span))
         if key == "clip" and next(iter(call.args.values())) <= 0:
             raise UserError(f"clip {call.name}: the limit must be positive", call.span)
-        if key == "loss":
-            problem = get_op(call.name).check(call.args)
-            if problem:
-                bad = [call.arg_spans[k] for k in call.args if k in call.arg_spans
-                       and k in problem]
-                raise UserError(f"loss {call.name}: {problem}", bad[0] if bad else call.span)
+        _check_values(key, call)
         if key == "penalty" and not 0 <= call.args["strength"] < math.inf:
             raise UserError("a penalty's strength must not be negative, and must be finite",
                             call.arg_spans.get("strength", call.span))
@@ -209,6 +217,9 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         if call.args["monitor"] not in ("val_loss", "val_acc"):
             raise UserError(f"early_stopping can monitor val_loss or val_acc, not "
                             f"'{call.args['monitor']}'", call.arg_spans.get("monitor", call.span))
+        if not 0 <= call.args["min_delta"] < math.inf:
+            raise UserError("min_delta must be a number >= 0",
+                            call.arg_spans.get("min_delta", call.span))
         if call.args["patience"] < 1:
             raise UserError("patience must be at least 1", call.arg_spans.get("patience"))
         cfg.early_stopping = call

@@ -70,9 +70,15 @@ def _doc_specs() -> list[str]:
     return out
 
 
+_CORPUS: list[str] = []
+
+
 def corpus() -> list[str]:
-    examples = sorted((ROOT / "examples").glob("*.dls"))
-    return [p.read_text() for p in examples] + _doc_specs()
+    """Read once per process: Hypothesis needs the same corpus for every draw."""
+    if not _CORPUS:
+        examples = sorted((ROOT / "examples").glob("*.dls"))
+        _CORPUS.extend([p.read_text() for p in examples] + _doc_specs())
+    return _CORPUS
 
 
 # -- generated specs ------------------------------------------------------------------------

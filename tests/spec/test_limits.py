@@ -186,3 +186,36 @@ def test_check_parses_the_file_once(tmp_path, monkeypatch):
     monkeypatch.setattr(loader, "parse", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     assert main(["check", str(_spec(tmp_path, _model("relu")))]) == 0
     assert len(calls) == 1, calls
+
+
+@pytest.mark.parametrize("setting,message", [
+    ("loss cross_entropy(label_smoothing=2)", "label_smoothing must be in [0, 1)"),
+    ("data digits(val=2)", "val must be a fraction"),
+    ("data digits(val=0.5, test=0.6)", "leave some training data"),
+    ("schedule step(every=0)", "every must be at least 1"),
+    ("schedule cosine(warmup=-5)", "warmup must not be negative"),
+    ("schedule exponential(gamma=-1)", "gamma must be a positive number"),
+    ("early_stopping(min_delta=-1)", "min_delta"),
+    ("penalty l2(1e308 * 10)", "finite"),
+    ("epochs 1e400", "too large"),
+])
+def test_train_values_are_checked_where_they_are_read(tmp_path, setting, message):
+    text = _model("linear(3)") + f"train {{\n    {setting}\n}}\n"
+    err = located_error(_spec(tmp_path, text))
+    assert message in err.message and err.span.line == 6
+
+
+def test_state_that_cannot_fit_is_refused_before_allocating(tmp_path):
+    from dlc.runtime.state import init_state, memory_bytes
+    have = memory_bytes("cpu")
+    if have is None:
+        pytest.skip("the host's memory size is unknown here")
+    side = 60_000                                     # 14.4 GB per weight matrix
+    k = have // (side * side * 4) + 1
+    if k * side * side > 2**36:
+        pytest.skip("this host has more memory than a spec may ask for")
+    spec = compile_spec(_spec(tmp_path, _model(f"linear({side}) * {k}", f"f32[{side}]")))
+    t0 = time.process_time()
+    with pytest.raises(UserError, match="GiB for its parameters"):
+        init_state(spec.graph, 0)
+    assert time.process_time() - t0 < 1.0
