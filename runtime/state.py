@@ -49,7 +49,7 @@ def memory_bytes(device) -> int | None:
             return torch.cuda.get_device_properties(dev).total_memory
         import os
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError, RuntimeError):
+    except (ValueError, OSError, AttributeError, RuntimeError, AssertionError):
         return None
 
 
