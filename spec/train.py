@@ -250,14 +250,14 @@ def _augment_chain(expr: ast.Node) -> list[Call]:
 def _weight_noise(value, span: Span, example: str) -> Call:
     """`weight_noise 0.01` or `weight_noise(std=0.01)`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = _ConfigValue("weight_noise", span, [(float(value), span)], {})
+        value = _ConfigValue("weight_noise", span, [(value, span)], {})
     if not isinstance(value, _ConfigValue) or value.name not in ("", "weight_noise"):
         raise UserError(f"weight_noise takes a standard deviation, got {describe(value)}", span,
                         hint=f"for example: {example}")
     value.name = "weight_noise"
     call = _as_call(value, "weight_noise", span, {"weight_noise": WEIGHT_NOISE})
-    if call.args["std"] < 0:
-        raise UserError("weight_noise: std must not be negative",
+    if not 0 <= call.args["std"] < math.inf:
+        raise UserError("weight_noise: std must not be negative, and must be finite",
                         call.arg_spans.get("std", call.span))
     return call
 

@@ -173,7 +173,9 @@ def dims(draw) -> str:
 TRAIN = ["loss cross_entropy(label_smoothing={f})", "loss mse", "optimizer adam(lr={f})",
          "optimizer sgd(lr={f}, momentum={f})", "batch {n}", "epochs {n}", "seed {n}",
          "schedule cosine(warmup={n})", "penalty l2({f})", "precision bf16",
-         "early_stopping(patience={n})", "data digits(val={f}, test={f})", "batch full"]
+         "early_stopping(patience={n})", "data digits(val={f}, test={f})", "batch full",
+         "augment crop(padding={n}) -> flip", "augment noise(std={f}) -> mixup({f})",
+         "weight_noise {f}", "shuffle false", "drop_last"]
 
 
 @st.composite
