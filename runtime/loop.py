@@ -319,7 +319,8 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
 
 # What one run writes.  A new run in a folder clears these first, so a folder never mixes the
 # files of two runs, even when the new one is killed before its first epoch ends.
-RUN_FILES = ("final.json", "curves.svg", "checkpoint.safetensors", "metrics.jsonl", "run.yaml")
+RUN_FILES = ("final.json", "curves.svg", "curves.png", "checkpoint.safetensors", "metrics.jsonl",
+             "run.yaml")
 
 
 def _start_run_dir(out_dir: Path) -> None:

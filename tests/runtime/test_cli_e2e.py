@@ -264,7 +264,7 @@ def test_a_new_run_never_mixes_with_the_previous_one(tmp_path, monkeypatch):
     run.yaml (issue 12): the folder holds one run's files, the new one's."""
     from dlc.runtime import loop
     stale = {"final.json": '{"stopped": "completed", "epochs_run": 99}',
-             "checkpoint.safetensors": "old weights", "curves.svg": "<svg/>",
+             "checkpoint.safetensors": "old weights", "curves.svg": "<svg/>", "curves.png": "png",
              "metrics.jsonl": '{"epoch": 1}\n', "run.yaml": "spec: old.dls\n"}
     for name, text in stale.items():
         (tmp_path / name).write_text(text)
@@ -277,7 +277,7 @@ def test_a_new_run_never_mixes_with_the_previous_one(tmp_path, monkeypatch):
     code = main(["train", str(MLP), "--out", str(tmp_path), "--quiet", "--set", "train.epochs=2"])
     assert code == 130
     assert not (tmp_path / "checkpoint.safetensors").exists()
-    assert not (tmp_path / "curves.svg").exists()
+    assert not (tmp_path / "curves.svg").exists() and not (tmp_path / "curves.png").exists()
     assert (tmp_path / "metrics.jsonl").read_text() == ""
     assert yaml.safe_load((tmp_path / "run.yaml").read_text())["spec"] == str(MLP)
     assert json.loads((tmp_path / "final.json").read_text())["epochs_run"] == 0
