@@ -7,6 +7,8 @@
     model = dlc.build(spec, checkpoint="runs/digits/checkpoint.safetensors")
     y     = model.predict(x)                               # numpy in, numpy out
     print(model.evaluate())                                # test split of the spec's data
+    model = dlc.load_run("runs/digits")                    # a Model, or for kfold/bagging/
+                                                           # boosting runs the whole Ensemble
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from pathlib import Path
 
 from .compiler.config import TrainConfig
 from .compiler.ir import Graph
-from .spec.diagnostics import SourceFile, Span, UserError
+from .compiler.ops.registry import ShapeError
+from .spec.diagnostics import SourceFile, Span, UserError, located
 
 
 @dataclass
@@ -63,7 +66,7 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
     """Parse, check and elaborate a `.dls` file into its model graph and train config."""
     from .spec.elaborate import Elaborator
     from .spec.loader import load_module
-    from .spec.train import resolve_train
+    from .spec.train import check_param_groups, resolve_train
 
     path = Path(path)
     if path.suffix != ".dls" and not path.exists():
@@ -95,7 +98,10 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
         graph = elab.build(chosen, env_overrides)
     except RecursionError:
         raise UserError("the model nests too deeply to elaborate", chosen.span) from None
+    except ShapeError as e:
+        raise located(e, chosen.span) from None
     config = resolve_train(module.trains, train_sets)
+    check_param_groups(config, graph)
     digest = hashlib.sha256()
     for src in sorted(_sources(path)):
         digest.update(Path(src).read_bytes())
@@ -103,17 +109,17 @@ def compile_spec(path: str | Path, sets: list[str] = (), model: str | None = Non
 
 
 def _sources(path: Path) -> set[str]:
-    from .spec.loader import read_source
-    from .spec.parser import parse
+    from .spec.loader import parse_cached, read_source
     seen: set[str] = set()
     stack = [path]
     while stack:
-        p = Path(stack.pop()).resolve()
+        q = Path(stack.pop())                  # as the loader spells it: its parse is cached
+        p = q.resolve()
         if str(p) in seen:
             continue
         seen.add(str(p))
-        module = parse(read_source(p), str(p))
-        stack.extend(p.parent / imp.path for imp in module.imports)
+        module = parse_cached(read_source(q), str(q))
+        stack.extend(q.parent / imp.path for imp in module.imports)
     return seen
 
 
@@ -131,7 +137,17 @@ def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
     """Train as the spec says and write the run directory; returns the final metrics.
 
     A folder that already holds a run is refused unless `overwrite` (its run files are
-    replaced) or `resume` (the run continues from its last finished epoch)."""
+    replaced) or `resume` (the run continues from its last finished epoch). A train
+    section with kfold, bagging or boosting trains every member of the ensemble
+    (runtime/ensemble.py)."""
+    if spec.config.ensemble is not None:
+        if resume:
+            raise UserError("--resume continues a single run; an ensemble run "
+                            f"({spec.config.ensemble.name}) cannot be resumed yet",
+                            hint="train it again into a new folder")
+        from .runtime.ensemble import run_ensemble
+        return run_ensemble(spec, Path(out_dir), backend=backend, device=device, seed=seed,
+                            init_from=init_from, progress=progress)
     from .runtime.loop import run_training
     return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
                         init_from=init_from, progress=progress, resume=resume,
@@ -147,3 +163,11 @@ def compile_run(run_dir: str | Path, sets: list[str] = ()) -> tuple[CompiledSpec
     spec = compile_spec(spec_of(run, run_dir), [*run.get("sets", []), *sets],
                         model=run.get("model"))
     return spec, run
+
+
+def load_run(run_dir: str | Path, spec: CompiledSpec | None = None, backend: str = "auto",
+             device: str | None = None):
+    """What a run directory holds, ready to evaluate and predict: a Model, or an Ensemble
+    (same interface) for kfold/bagging/boosting runs. `spec` defaults to run.yaml's."""
+    from .runtime.ensemble import load_run as _load_run
+    return _load_run(run_dir, spec, backend=backend, device=device)

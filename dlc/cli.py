@@ -1,4 +1,4 @@
-"""The `dlc` command line: check, compile, train, eval, predict, bench, convert.
+"""The `dlc` command line: check, compile, train, eval, predict, bench, convert, plot.
 
 Exit codes: 0 success, 2 a user error (spec, arguments, data), 1 anything else,
 130 interrupted.  Set DLC_DEBUG=1 to see the traceback of an internal error.
@@ -93,14 +93,14 @@ def _parser() -> argparse.ArgumentParser:
     c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data",
                  what="a run directory, or the .dls file (then --checkpoint)")
     c.add_argument("--checkpoint", metavar="CKPT",
-                   help="the weights (default: the run directory's checkpoint.safetensors)")
+                   help="the weights, or a run directory (an ensemble's: all its members); default: the run directory's own")
     c.add_argument("--split", default="test", choices=("train", "val", "test"))
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
     c = spec_cmd("predict", "run a checkpoint on inputs from a .npy, .npz or CSV file",
                  what="a run directory, or the .dls file (then --checkpoint)")
     c.add_argument("--checkpoint", metavar="CKPT",
-                   help="the weights (default: the run directory's checkpoint.safetensors)")
+                   help="the weights, or a run directory (an ensemble's: all its members); default: the run directory's own")
     c.add_argument("--input", required=True, metavar="X",
                    help=".npy, .npz (an array per input, named after it) or .csv (numbers)")
     c.add_argument("--output", required=True, metavar="Y",
@@ -131,6 +131,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="CKPT",
                    help="the dlc checkpoint to write (.safetensors)")
     c.add_argument("--show", action="store_true", help="print every dlc <- source pair")
+    c = sub.add_parser("plot", help="overlay the training curves of run directories",
+                       description="overlay the training curves of run directories: loss, "
+                       "accuracy and learning rate per epoch, best epochs marked")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("-o", "--output", default="curves", metavar="PATH",
+                   help="PATH.png and PATH.svg, or only PATH if it ends in .png, .svg or "
+                        ".pdf (default: curves)")
     return p
 
 
@@ -278,7 +285,8 @@ def _print_final(final: dict, out: Path) -> None:
     acc, loss = final["test_acc"], final["test_loss"]
     shown = f"test_acc {acc:.4f}  " if acc is not None else ""
     shown += f"test_loss {loss:.4f}  " if loss is not None else "no test split  "
-    print(f"{shown}epochs {final['epochs_run']} ({final['stopped']})  -> {out}")
+    kind = f"{final['kind']}: " if "kind" in final else ""
+    print(f"{kind}{shown}epochs {final['epochs_run']} ({final['stopped']})  -> {out}")
 
 
 def _build_for_run(args):
@@ -294,6 +302,10 @@ def _build_for_run(args):
             raise UserError(f"dlc {args.command} {args.spec} needs --checkpoint CKPT",
                             hint=f"or give the run directory: dlc {args.command} runs/<name>/<n>")
         spec, checkpoint = _compile(args), args.checkpoint
+    if Path(checkpoint).is_dir() or (run is not None and (Path(args.spec) / "ensemble.json").is_file()):
+        from .api import load_run          # an ensemble's members, or a run's checkpoint
+        return load_run(checkpoint if Path(checkpoint).is_dir() else args.spec, spec,
+                        backend=args.backend, device=args.device), run
     return build(spec, backend=args.backend, device=args.device, checkpoint=checkpoint), run
 
 
@@ -309,7 +321,10 @@ def cmd_predict(args) -> int:
     model, run = _build_for_run(args)
     inputs = read_inputs(args.input, model.input_names)
     inputs = standardized(inputs, (run or {}).get("data") or {})
-    outputs = {name: as_kind(y, args.output_kind, name)
+    kind = args.output_kind
+    if getattr(model, "scores_are_probabilities", False) and kind == "probs":
+        kind = "logits"            # an ensemble's combined scores are probabilities already
+    outputs = {name: as_kind(y, kind, name)
                for name, y in model.predict_outputs(
                    inputs if len(inputs) > 1 else next(iter(inputs.values()))).items()}
     written = write_outputs(args.output, outputs)
@@ -352,8 +367,15 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .runtime.plot import plot_runs
+    written = plot_runs([Path(r) for r in args.runs], Path(args.output))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eval": cmd_eval,
-            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert}
+            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,6 +51,19 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
 }
 
 
+def check_data_args(call: Call) -> tuple[str, str] | None:
+    """(problem, argument) for split fractions no data set can use, or None; the train
+    section calls it where it reads `data`, so `dlc check` reports them."""
+    a = call.args
+    for k in ("val", "test"):
+        if k in a and not 0 <= a[k] < 1:
+            return f"{k} must be a fraction in [0, 1), got {a[k]}", k
+    if a.get("val", 0) + a.get("test", 0) >= 1:
+        return (f"val ({a['val']}) and test ({a['test']}) together must leave some training "
+                "data"), "test"
+    return None
+
+
 @dataclass
 class Split:
     x: np.ndarray | dict     # (n, *features) float32, or input name -> such an array

@@ -7,7 +7,7 @@
     last.safetensors         the whole training state to resume from (runtime/resume.py)
     final.json               test_loss, test_acc, epochs_run, stopped (why), best_epoch
     run.yaml                 resolved configuration, versions, spec hash, command
-    curves.svg               loss and accuracy per epoch
+    curves.png, curves.svg   loss, accuracy and learning rate per epoch (runtime/plot.py)
 
 `run_training` is put together from small parts:
 
@@ -47,7 +47,7 @@ from .plot import write_curves
 from . import metrics, resume, rundir
 from .confusion_png import write_confusion
 from .progress import Progress
-from .schedules import learning_rate
+from .schedules import Schedule
 from .state import init_state
 
 
@@ -194,14 +194,14 @@ def _read_back(sums: torch.Tensor, epoch: int, step: int, seen: int) -> tuple[fl
     return loss_sum, correct                     # fractional in mixup/cutmix batches
 
 
-def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
+def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedule,
                  bar: Progress) -> EpochStats:
     """One pass over the training split, reading the sums back only when the bar redraws
     and once at the end."""
     step.sums[:2].zero_()
-    base_lr, seen, lr = cfg.optimizer.args["lr"], 0, None
+    seen, lr = 0, None
     for i, idx in enumerate(batches.epoch(step.device)):
-        lr = learning_rate(cfg.schedule, base_lr, epoch - 1 + i / batches.steps, cfg.epochs)
+        lr = schedule.lr((epoch - 1) * batches.steps + i)
         step.run(idx, lr)
         seen += len(idx)
         if bar.due():
@@ -212,10 +212,11 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
     return EpochStats(loss_sum / seen, correct / seen if step.classify else None, lr)
 
 
-def _record(model: Model, data, epoch: int, train: EpochStats, t0: float) -> dict:
-    """The epoch's metrics.jsonl record: its training metrics and the validation split's."""
+def _record(model: Model, data, epoch: int, train: EpochStats, t0: float, tag: dict) -> dict:
+    """The epoch's metrics.jsonl record: its training metrics and the validation split's,
+    after the `tag` of an ensemble member (`{"fold": 2}`)."""
     val = model.evaluate_arrays(data.val.x, data.val.y)
-    return {"epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
+    return {**tag, "epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
             "seconds": round(time.perf_counter() - t0, 4)}
 
@@ -284,24 +285,30 @@ class _Run:
     batches: Batches
     step: TrainStep
     stopper: EarlyStopping | None
+    schedule: Schedule
     out_dir: Path
     seed: int
     save_every: int | None = None
+    tag: dict | None = None
 
 
 def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
                  init_from=None, progress=True, resume=False, overwrite=False,
-                 save_every=None) -> dict:
+                 save_every=None, data=None, tag=None) -> dict:
     """Train the spec's model as its train section says, writing the run directory
     `out_dir`; returns final.json's contents. An interrupted run raises KeyboardInterrupt
     and a diverged one a UserError, each after writing final.json.
 
     `resume`: continue the run in `out_dir` from its last finished epoch (runtime/resume.py);
     otherwise a folder that already holds a run is refused unless `overwrite`.
-    `save_every`: also keep the weights of every k-th epoch as epoch-<k>.safetensors."""
+    `save_every`: also keep the weights of every k-th epoch as epoch-<k>.safetensors.
+
+    The hook for ensembles (runtime/ensemble.py): `data`, a Dataset to train on instead
+    of the train section's (a fold, a resample), and `tag`, put first in every
+    metrics.jsonl record and in final.json (`{"member": 3}`)."""
     if not resume:
         rundir.prepare(out_dir, overwrite=overwrite)
-    run = _setup(spec, out_dir, backend, device, seed, save_every)
+    run = _setup(spec, out_dir, backend, device, seed, save_every, data, tag)
     outcome, first = _Outcome(), 1
     if resume:
         first = _resume(run, outcome)
@@ -325,26 +332,30 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
         outcome.stopped, outcome.diverged = "diverged", str(e)
     finally:
         if outcome.records:
-            write_curves(outcome.records, out_dir / "curves.svg")
+            write_curves(outcome.records, out_dir / "curves",
+                         run.stopper.best_epoch if run.stopper is not None else None)
     return _finish(run, outcome, t_start)
 
 
-def _setup(spec, out_dir: Path, backend, device, seed, save_every) -> _Run:
+def _setup(spec, out_dir: Path, backend, device, seed, save_every, data=None,
+           tag=None) -> _Run:
     """The model, data, batches, train step and early stopping of a run, freshly seeded."""
     cfg = spec.config
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)
     train_graph = build_train_graph(spec.graph, cfg)
     model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=[train_graph])
-    data = load(cfg.data, seed, spec.path.parent)
+    data = load(cfg.data, seed, spec.path.parent) if data is None else data
     _check_data(model, data, cfg)
     batches = Batches(len(data.train), cfg.batch, seed, shuffle=cfg.shuffle,
                       drop_last=cfg.drop_last)
     _check_augment(spec, model)
     _check_batch_norm(spec, batches.smallest)
     stopper = EarlyStopping.from_config(cfg, data)
+    schedule = _schedule(cfg, data, batches.steps)
     step = TrainStep(train_graph, model, data, seed)
-    return _Run(spec, cfg, model, data, batches, step, stopper, out_dir, seed, save_every)
+    return _Run(spec, cfg, model, data, batches, step, stopper, schedule, out_dir, seed,
+                save_every, dict(tag or {}))
 
 
 def _resume(run: _Run, outcome: _Outcome) -> int:
@@ -366,9 +377,10 @@ def _resume(run: _Run, outcome: _Outcome) -> int:
 def _run_epoch(run: _Run, epoch: int, bar: Progress, outcome: _Outcome) -> bool:
     """Train, validate, record and checkpoint one epoch; True when early stopping says stop."""
     t0 = time.perf_counter()
-    train = _train_epoch(run.step, run.batches, epoch, run.cfg, bar)
+    train = _train_epoch(run.step, run.batches, epoch, run.schedule, bar)
     run.step.copy_to(run.model)
-    record = _record(run.model, run.data, epoch, train, t0)
+    record = _record(run.model, run.data, epoch, train, t0, run.tag)
+    run.schedule.end_epoch(epoch, record)
     outcome.records.append(record)
     with open(run.out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
@@ -409,7 +421,7 @@ def _finish(run: _Run, outcome: _Outcome, t_start: float) -> dict:
         model.state.update(stopper.best_state)
     epochs_run = len(outcome.records)
     test = model.evaluate_arrays(run.data.test.x, run.data.test.y)
-    final = {"test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
+    final = {**run.tag, "test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
              "stopped": outcome.stopped,
              "best_epoch": stopper.best_epoch if stopper is not None else epochs_run,
              "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
@@ -451,6 +463,21 @@ def _test_metrics(model: Model, data, out_dir: Path) -> dict:
     write_confusion(scores["confusion"], out_dir / "confusion.png",
                     getattr(data, "class_names", None))
     return {"test_classes": scores}
+
+
+def _schedule(cfg, data, steps: int) -> Schedule:
+    """The run's learning-rate schedule; a UserError when plateau monitors a metric the data
+    cannot give."""
+    sched = cfg.schedule
+    if sched.name == "plateau":
+        monitor = sched.args["monitor"]
+        if monitor.startswith("val_") and len(data.val) == 0:
+            raise UserError(f"plateau monitors {monitor}, but there is no validation split "
+                            "(set val > 0 in data)", sched.span, hint="monitor train_loss")
+        if monitor == "val_acc" and data.classes is None:
+            raise UserError("plateau monitors val_acc, but the targets are not classes",
+                            sched.span, hint="monitor val_loss")
+    return Schedule(sched, cfg.optimizer.args["lr"], cfg.epochs, steps)
 
 
 def _check_batch_norm(spec, smallest: int) -> None:

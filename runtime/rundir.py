@@ -15,11 +15,12 @@ import yaml
 from ..spec.diagnostics import UserError
 
 RUN_YAML = "run.yaml"
-# the files a run writes; --overwrite removes these and nothing else
-RUN_FILES = ("run.yaml", "metrics.jsonl", "final.json", "checkpoint.safetensors",
+# the files a run writes; --overwrite removes these and nothing else, run.yaml last, so a
+# kill part-way leaves a folder that is visibly no complete run rather than a mixed one
+RUN_FILES = ("metrics.jsonl", "final.json", "checkpoint.safetensors",
              "last.safetensors", "best.safetensors", "curves.svg", "curves.png",
              "confusion.png", "last.safetensors.tmp", "checkpoint.safetensors.tmp",
-             "best.safetensors.tmp")
+             "best.safetensors.tmp", "run.yaml")
 RUN_GLOBS = ("epoch-*.safetensors",)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,16 @@ class SourceFile:
     text: str = field(repr=False)
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines()
         return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+
+    @cached_property
+    def _lines(self) -> list[str]:
+        return self.text.splitlines()
+
+    def lines(self) -> list[str]:
+        """The text split into lines, once per file (not once per message or layer title)."""
+        return self._lines
 
 
 @dataclass(frozen=True)
@@ -105,3 +114,8 @@ def did_you_mean(name: str, candidates) -> str | None:
     """A 'did you mean' hint for the closest candidate, or None."""
     match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'?" if match else None
+
+
+def located(e: Exception, fallback: Span | None = None, hint: str | None = None) -> UserError:
+    """A compiler `ShapeError` (which carries the `loc` of the node it stopped) as a UserError."""
+    return UserError(str(e), getattr(e, "loc", None) or fallback, hint=hint)

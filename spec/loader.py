@@ -32,6 +32,21 @@ def read_source(path: str | Path, span: Span | None = None) -> str:
                     hint="a .dls spec is UTF-8 text; is this the right file?")
 
 
+_PARSED: dict[tuple[str, str], ast.Module] = {}
+
+
+def parse_cached(text: str, path: str) -> ast.Module:
+    """`parse`, once per (path, text): `dlc check` loads a spec more than once, and a big spec
+    takes a while to parse.  The AST is not modified after parsing, so sharing it is safe."""
+    key = (path, text)
+    module = _PARSED.get(key)
+    if module is None:
+        if len(_PARSED) >= 16:
+            _PARSED.clear()
+        module = _PARSED[key] = parse(text, path)
+    return module
+
+
 def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
                 span: Span | None = None) -> tuple[ast.Module, dict[str, ast.BlockDef]]:
     """Parse `path` and, recursively, its imports. Returns the module and every block it sees."""
@@ -39,7 +54,7 @@ def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
     if p in _stack:
         cycle = " -> ".join(q.name for q in (*_stack, p))
         raise UserError(f"import cycle: {cycle}", span)
-    module = parse(read_source(path, span), str(path))
+    module = parse_cached(read_source(path, span), str(path))
     blocks: dict[str, ast.BlockDef] = {}
     for imp in module.imports:
         target = (Path(path).parent / imp.path)

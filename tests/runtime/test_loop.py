@@ -205,7 +205,8 @@ def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch):
             inside[0] = False
 
     monkeypatch.setattr(loop, "_read_back", read_back)
-    stats = loop._train_epoch(step, batches, 1, spec.config,
+    schedule = loop.Schedule(spec.config.schedule, 0.1, spec.config.epochs, batches.steps)
+    stats = loop._train_epoch(step, batches, 1, schedule,
                               Progress(1, batches.steps, enabled=False))
     assert reads == []
     assert 0 < stats.loss < 10 and 0 <= stats.acc <= 1 and stats.lr == 0.1
