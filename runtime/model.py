@@ -165,3 +165,5 @@ def _eval_graph(spec):
         return build_eval_graph(spec.graph, spec.config), None
     except ShapeError as e:
         return None, UserError(f"cannot evaluate: {e}", spec.config.loss.span)
+    except UserError as e:                  # the pipeline's located form of the same error
+        return None, e
