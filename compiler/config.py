@@ -70,6 +70,7 @@ class TrainConfig:
     weight_noise: Call | None = None   # std * N(0, 1) added to every weight in each training step
     shuffle: bool = True               # a fresh permutation of the training split every epoch
     drop_last: bool = False            # leave out an epoch's last, short batch
+    ensemble: Call | None = None       # kfold(k), bagging(n) or boosting(n): several models
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
     # `loss (seg=..., aux=...)`: one term per named output; empty: `loss` on the first output
     terms: list[LossTerm] = field(default_factory=list)
@@ -101,6 +102,7 @@ class TrainConfig:
             **({"losses": {t.output: {**t.call.to_dict(), "target": t.target,
                                       "weight": t.weight} for t in self.terms}}
                if self.terms else {}),
+            "ensemble": self.ensemble.to_dict() if self.ensemble else None,
         }
 
     @property

@@ -20,7 +20,8 @@ from .autodiff import backward
 from .config import LossTerm, TrainConfig, target_input
 from .ir import Graph, TensorType, Value, print_graph
 from .lower import live_nodes, lower
-from .ops import Builder
+from .ops import Builder, ShapeError
+from ..spec.diagnostics import located
 from .optimizers import add_lookahead, lower_optimizer, param_settings
 from .verify import verify
 
@@ -220,7 +221,10 @@ def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph
     g = model
     for name, fn in passes:
         t0 = time.perf_counter()
-        g = fn(g, ctx)
+        try:
+            g = fn(g, ctx)
+        except ShapeError as e:                    # e.g. a loss that does not fit the output
+            raise located(e, _loss_span(model, ctx.config), _hint(e, ctx.config)) from None
         if debug >= 1:
             sys.stderr.write(f"[dlc] {ctx.name}: {name:<12} {len(g.nodes):>5} nodes  "
                              f"{(time.perf_counter() - t0) * 1e3:7.2f} ms\n")
@@ -228,6 +232,21 @@ def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph
             sys.stderr.write(print_graph(g))
     g.precision = ctx.config.precision
     return g
+
+
+def _loss_span(model: Graph, cfg: TrainConfig):
+    """Where the loss is written, or (the default loss) the layer making the model's output."""
+    if cfg.loss.span is not None:
+        return cfg.loss.span
+    out = model.outputs[0] if model.outputs else None
+    return out.node.loc if out is not None and out.node is not None else None
+
+
+def _hint(e: ShapeError, cfg: TrainConfig) -> str | None:
+    if cfg.loss.span is None and str(e).startswith(cfg.loss.name):
+        return (f"no train section names a loss, so the default {cfg.loss.name} applies; "
+                "set another with `loss mse` in `train { }`")
+    return None
 
 
 def build_train_graph(model: Graph, cfg: TrainConfig) -> Graph:

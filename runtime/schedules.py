@@ -61,6 +61,10 @@ def check_schedule_args(call: Call) -> tuple[str, str] | None:
         return "warmup", "warmup must not be negative"
     if call.name == "step" and a["every"] < 1:
         return "every", "every must be at least 1"
+    if "gamma" in a and not 0 < a["gamma"] < math.inf:
+        return "gamma", f"gamma must be a positive number, got {a['gamma']}"
+    if "min_lr" in a and not 0 <= a["min_lr"] < math.inf:
+        return "min_lr", f"min_lr must be a number >= 0, got {a['min_lr']}"
     if call.name == "multistep" and (any(m < 1 for m in a["milestones"])
                                      or list(a["milestones"]) != sorted(set(a["milestones"]))):
         return "milestones", "milestones must be increasing epochs, each at least 1"

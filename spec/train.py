@@ -1,6 +1,7 @@
 """The `train { }` section: evaluate settings into a checked `TrainConfig`."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..compiler.config import DEFAULT_TARGETS, Call, LossTerm, TrainConfig
@@ -8,7 +9,7 @@ from ..compiler.ops import get as get_op
 from ..compiler.optimizers import CLIPS, MATCH_NAMES, OPTIMIZERS, check_optimizer_args
 from ..compiler.ops.registry import Arg
 from ..runtime.augment import AUGMENTS, LABEL_MIXERS, check_augment
-from ..runtime.data import DATASOURCES
+from ..runtime.data import DATASOURCES, check_data_args
 from ..runtime.schedules import SCHEDULES, check_schedule_args
 from . import ast
 from .bind import bind, describe
@@ -22,6 +23,15 @@ PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)
 EARLY_STOPPING = (Arg("monitor", "val_loss", kind="name"), Arg("patience", 5, kind="int"),
                   Arg("min_delta", 0.0, kind="float"))
+# several models from one spec (runtime/ensemble.py); one of them per train section
+ENSEMBLES = {
+    "kfold": (Arg("k", 5, kind="int", doc="number of folds, at least 2"),
+              Arg("stratify", True, kind="bool", doc="every fold keeps the class proportions")),
+    "bagging": (Arg("n", 5, kind="int", doc="members, each on a bootstrap resample"),
+                Arg("combine", "mean", kind="name", doc="mean (probabilities) or vote"),
+                Arg("fraction", 1.0, kind="float", doc="resample size / training split size")),
+    "boosting": (Arg("n", 10, kind="int", doc="rounds of SAMME, at most one member each"),),
+}
 
 # key -> (kind, table of named choices or None, what to write)
 SETTINGS: dict[str, tuple[str, dict | None, str]] = {
@@ -41,9 +51,13 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
     "clip": ("call", CLIPS, "clip norm(1.0)   (or value(0.5))"),
     "params": ("group", None, 'params("*.bias", weight_decay=0)'),
+    "kfold": ("ensemble", ENSEMBLES, "kfold(5)"),
+    "bagging": ("ensemble", ENSEMBLES, "bagging(5, combine=vote)"),
+    "boosting": ("ensemble", ENSEMBLES, "boosting(10)"),
 }
 REPEATABLE = ("params",)
 PRECISIONS = ("f32", "bf16")
+SWITCHABLE = ("early_stopping", "penalty")      # settings `off` removes
 
 
 class _ConfigValue:
@@ -110,6 +124,19 @@ def _as_call(value: Any, key: str, span: Span, table: dict) -> Call:
     return Call(value.name, args, value.span, arg_spans)
 
 
+def _check_values(key: str, call: Call) -> None:
+    """Values the runtime could not use, reported where the train section says them."""
+    problem = None
+    if key == "loss":
+        text = get_op(call.name).check(call.args)
+        problem = (text, "label_smoothing") if text else None
+    elif key == "data":
+        problem = check_data_args(call)
+    if problem:
+        text, arg = problem
+        raise UserError(f"{key} {call.name}: {text}", call.arg_spans.get(arg, call.span))
+
+
 def _int(value, key, span, minimum=None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise UserError(f"{key} must be a whole number, got {describe(value)}", span)
@@ -124,6 +151,10 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         raise UserError(f"unknown train setting '{key}'", key_span,
                         hint=did_you_mean(key, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
     kind, table, example = SETTINGS[key]
+    if key in SWITCHABLE and isinstance(expr, ast.Name) and expr.id == "off":
+        setattr(cfg, key, None)                    # `--set train.penalty=off`
+        cfg.spans[key] = key_span
+        return
     if expr is None and kind == "bool":
         setattr(cfg, key, True)
         cfg.spans[key] = key_span
@@ -132,11 +163,18 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         cfg.augment = _augment_chain(expr)
         cfg.spans[key] = key_span
         return
-    if expr is None and kind != "early":
+    if expr is None and kind not in ("early", "ensemble"):
         raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
     value = _ConfigEval().eval(expr, None) if expr is not None else None
+    apply_setting_value(cfg, key, key_span, value, value_span)
+
+
+def apply_setting_value(cfg: TrainConfig, key: str, key_span: Span, value,
+                        value_span: Span) -> None:
+    """Check and set one train setting from its evaluated value."""
+    kind, table, example = SETTINGS[key]
     if key == "loss" and isinstance(value, _ConfigValue) and not value.name:
-        cfg.terms = _loss_terms(value, value_span)
+        cfg.terms = _loss_terms(value, value_span)         # loss (seg=..., aux=...)
         cfg.loss = cfg.terms[0].call
     elif kind == "call":
         call = _as_call(value, key, value_span, table)
@@ -151,8 +189,9 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             raise UserError(f"schedule {call.name}: {problem}", call.arg_spans.get(arg, call.span))
         if key == "clip" and next(iter(call.args.values())) <= 0:
             raise UserError(f"clip {call.name}: the limit must be positive", call.span)
-        if key == "penalty" and call.args["strength"] < 0:
-            raise UserError("a penalty's strength must not be negative",
+        _check_values(key, call)
+        if key == "penalty" and not 0 <= call.args["strength"] < math.inf:
+            raise UserError("a penalty's strength must not be negative, and must be finite",
                             call.arg_spans.get("strength", call.span))
         setattr(cfg, key, call)
     elif kind == "batch":
@@ -195,9 +234,14 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         if call.args["monitor"] not in ("val_loss", "val_acc"):
             raise UserError(f"early_stopping can monitor val_loss or val_acc, not "
                             f"'{call.args['monitor']}'", call.arg_spans.get("monitor", call.span))
+        if not 0 <= call.args["min_delta"] < math.inf:
+            raise UserError("min_delta must be a number >= 0",
+                            call.arg_spans.get("min_delta", call.span))
         if call.args["patience"] < 1:
             raise UserError("patience must be at least 1", call.arg_spans.get("patience"))
         cfg.early_stopping = call
+    elif kind == "ensemble":
+        cfg.ensemble = _ensemble(cfg, key, key_span, value, value_span)
     cfg.spans[key] = key_span
 
 
@@ -223,14 +267,14 @@ def _augment_chain(expr: ast.Node) -> list[Call]:
 def _weight_noise(value, span: Span, example: str) -> Call:
     """`weight_noise 0.01` or `weight_noise(std=0.01)`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = _ConfigValue("weight_noise", span, [(float(value), span)], {})
+        value = _ConfigValue("weight_noise", span, [(value, span)], {})
     if not isinstance(value, _ConfigValue) or value.name not in ("", "weight_noise"):
         raise UserError(f"weight_noise takes a standard deviation, got {describe(value)}", span,
                         hint=f"for example: {example}")
     value.name = "weight_noise"
     call = _as_call(value, "weight_noise", span, {"weight_noise": WEIGHT_NOISE})
-    if call.args["std"] < 0:
-        raise UserError("weight_noise: std must not be negative",
+    if not 0 <= call.args["std"] < math.inf:
+        raise UserError("weight_noise: std must not be negative, and must be finite",
                         call.arg_spans.get("std", call.span))
     return call
 def _loss_terms(value: _ConfigValue, span: Span) -> list[LossTerm]:
@@ -262,6 +306,33 @@ def _loss_terms(value: _ConfigValue, span: Span) -> list[LossTerm]:
         terms.append(LossTerm(output, call, target or DEFAULT_TARGETS[call.name],
                               float(weight), term_span))
     return terms
+
+
+def apply_argument(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node) -> None:
+    """`--set train.optimizer.lr=0.1`: one argument of a setting that is a call, the
+    others kept as they were."""
+    setting, _, arg = key.partition(".")
+    if setting not in SETTINGS:
+        raise UserError(f"unknown train setting '{setting}'", key_span,
+                        hint=did_you_mean(setting, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+    call = getattr(cfg, setting)
+    kind, table, _ = SETTINGS[setting]
+    if kind not in ("call", "early") or call is None or "." in arg:
+        raise UserError(f"'{setting}' has no argument '{arg}' to set"
+                        + (" (it is off)" if call is None and kind != "posint" else ""),
+                        key_span, hint=f"set the whole setting: --set train.{setting}=...")
+    keyword = {k: (_as_config(v), call.arg_spans.get(k, call.span)) for k, v in call.args.items()}
+    keyword[arg] = (_ConfigEval().eval(expr, None), key_span)
+    value = _ConfigValue(call.name, call.span, [], keyword)
+    saved_span = cfg.spans.get(setting)
+    apply_setting_value(cfg, setting, key_span, value, key_span)
+    if saved_span is not None:
+        cfg.spans[setting] = saved_span
+
+
+def _as_config(v):
+    """A bound argument value as the train section's evaluator would give it."""
+    return Symbol(v) if isinstance(v, str) and v in ("val_loss", "val_acc") else v
 
 
 def _param_group(value, span: Span, example: str) -> Call:
@@ -337,6 +408,35 @@ def check_param_groups(cfg: TrainConfig, graph) -> None:
                                 f"{', ...' if len(names) > 6 else ''}")
 
 
+def _ensemble(cfg: TrainConfig, key: str, key_span: Span, value, value_span: Span) -> Call:
+    """`kfold(5)`, `kfold 5`, `bagging(8, combine=vote)`, `boosting` (the defaults)."""
+    if cfg.ensemble is not None and cfg.ensemble.name != key:
+        raise UserError(f"{key} cannot be combined with {cfg.ensemble.name}: a train section "
+                        "makes one kind of ensemble", key_span,
+                        notes=[Note(f"{cfg.ensemble.name} is set here", cfg.spans[cfg.ensemble.name])])
+    if value is None:
+        value = _ConfigValue(key, key_span, [], {})
+    elif not (isinstance(value, _ConfigValue) and value.name == ""):
+        value = _ConfigValue(key, value_span, [(value, value_span)], {})
+    value.name = key
+    for k, (v, s) in list(value.keyword.items()):
+        if isinstance(v, Symbol):
+            value.keyword[k] = (v.name, s)
+    call = _as_call(value, key, value_span, ENSEMBLES)
+    a, where = call.args, lambda arg: call.arg_spans.get(arg, call.span)
+    if key == "kfold" and a["k"] < 2:
+        raise UserError(f"kfold needs at least 2 folds, got {a['k']}", where("k"))
+    if key != "kfold" and a["n"] < 1:
+        raise UserError(f"{key} needs at least 1 member, got {a['n']}", where("n"))
+    if key == "bagging" and a["combine"] not in ("mean", "vote"):
+        raise UserError(f"bagging combines by mean or vote, not '{a['combine']}'",
+                        where("combine"), hint=did_you_mean(a["combine"], ("mean", "vote")))
+    if key == "bagging" and not a["fraction"] > 0:
+        raise UserError(f"a resample's fraction must be above 0, got {a['fraction']}",
+                        where("fraction"))
+    return call
+
+
 def resolve_train(trains: list[ast.TrainDef],
                   overrides: list[tuple[str, Span, ast.Node]]) -> TrainConfig:
     cfg = TrainConfig()
@@ -352,12 +452,26 @@ def resolve_train(trains: list[ast.TrainDef],
             seen[s.key] = s.key_span
             apply_setting(cfg, s.key, s.key_span, s.value, s.value.span if s.value else s.span)
     for key, span, expr in overrides:
-        apply_setting(cfg, key, span, expr, expr.span)
+        if "." in key:
+            apply_argument(cfg, key, span, expr)
+        else:
+            apply_setting(cfg, key, span, expr, expr.span)
     for key in ("data", "loss", "optimizer", "schedule"):     # defaults get their defaults too
         call = getattr(cfg, key)
         table = SETTINGS[key][1]
         setattr(cfg, key, Call(call.name, bind(table[call.name], [], dict(
             (k, (v, call.arg_spans.get(k))) for k, v in call.args.items()), call.name, call.span),
             call.span, call.arg_spans))
+    _check_early_stopping_has_val(cfg)
     _check_param_groups(cfg)
     return cfg
+
+
+def _check_early_stopping_has_val(cfg: TrainConfig) -> None:
+    """Early stopping monitors the validation split: data with val=0 has none."""
+    es = cfg.early_stopping
+    if es is not None and cfg.data.args.get("val", 1) == 0:
+        raise UserError(f"early stopping monitors {es.args['monitor']}, but the data has no "
+                        "validation split (val=0)", cfg.data.arg_spans.get("val", es.span),
+                        notes=[Note("early stopping is set here", es.span)],
+                        hint="set val > 0 in data, or remove early_stopping")

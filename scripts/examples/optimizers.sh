@@ -23,7 +23,7 @@ OPTIMIZERS=(
 )
 for item in "${OPTIMIZERS[@]}"; do
   name=${item%%=*}; opt=${item#*=}
-  nice -n 10 "$DLC" train "$SPEC" --backend reference --quiet --out "$OUT/$name" \
+  nice -n 19 "$DLC" train "$SPEC" --backend reference --quiet --out "$OUT/$name" \
     --set "train.optimizer=$opt" "$@" >/dev/null
 done
 python3 - "$OUT" "${OPTIMIZERS[@]}" <<'PY'

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from dlc.cli import main
-from dlc.runtime.metrics import confusion, seg_scores
+from dlc.runtime.seg_metrics import confusion, seg_scores
 from dlc.runtime.shapes import generate
 
 
