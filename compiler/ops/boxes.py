@@ -25,6 +25,7 @@ from ..ir import TensorType
 from .registry import REQUIRED, Arg, Op, ShapeError, register
 
 DEFAULT_CLIP = math.log(1000.0 / 16)          # torchvision's bound on decoded dw, dh
+UNIT_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
 
 
 def _boxes(t: TensorType, what: str) -> None:
@@ -33,7 +34,7 @@ def _boxes(t: TensorType, what: str) -> None:
 
 
 def _weights(attrs) -> tuple[float, float, float, float]:
-    w = tuple(float(v) for v in attrs.get("weights", (1.0, 1.0, 1.0, 1.0)))
+    w = tuple(float(v) for v in attrs.get("weights") or UNIT_WEIGHTS)
     if len(w) != 4 or min(w) <= 0:
         raise ShapeError(f"box weights must be four positive numbers (wx, wy, ww, wh), got {w}")
     return w
@@ -182,7 +183,7 @@ class BoxIou(_BoxOp):
 
 class _Coding(_BoxOp):
     n_inputs = 2
-    args = (Arg("weights", (1.0, 1.0, 1.0, 1.0), doc="(wx, wy, ww, wh) scales of the deltas"),)
+    args = (Arg("weights", None, doc="(wx, wy, ww, wh) scales of the deltas; [1, 1, 1, 1]"),)
 
     def attrs(self, bound, in_types):
         return {**bound, "weights": _weights(bound)}
@@ -208,12 +209,12 @@ class BoxEncode(_Coding):
 @register
 class BoxDecode(_Coding):
     name = layer = "box_decode"
-    args = _Coding.args + (Arg("clip", DEFAULT_CLIP, kind="float",
-                                doc="upper bound of dw, dh before exp"),)
+    args = _Coding.args + (Arg("clip", None, kind="float",
+                                doc="upper bound of dw, dh before exp; log(1000/16)"),)
     doc = "Boxes from deltas and anchors (the inverse of box_encode)."
 
     def attrs(self, bound, in_types):
-        return {**super().attrs(bound, in_types), "clip": float(bound.get("clip", DEFAULT_CLIP))}
+        return {**super().attrs(bound, in_types), "clip": float(DEFAULT_CLIP if bound.get("clip") is None else bound["clip"])}
 
     def forward(self, ins, attrs, ctx):
         return (decode(ins[0], ins[1], attrs["weights"], attrs["clip"]),)
@@ -223,17 +224,19 @@ class BoxDecode(_Coding):
 class Anchors(_BoxOp):
     name = layer = "anchors"
     triton_loads = False
-    args = (Arg("sizes", (32,), doc="anchor sides in pixels (sqrt of the area)"),
-            Arg("ratios", (0.5, 1.0, 2.0), doc="height/width ratios"),
+    args = (Arg("sizes", None, doc="anchor sides in pixels (sqrt of the area); [32]"),
+            Arg("ratios", None, doc="height/width ratios; [0.5, 1, 2]"),
             Arg("stride", REQUIRED, kind="int",
                 doc="pixels per feature-map cell"))
     doc = ("Anchors of a feature map [N, C, H, W]: A = len(sizes)*len(ratios) boxes per cell, "
            "[H*W*A, 4], centred on the cells.")
 
     def attrs(self, bound, in_types):
-        as_tuple = (lambda v: tuple(v) if isinstance(v, (list, tuple)) else (v,))
-        return {"sizes": tuple(float(s) for s in as_tuple(bound.get("sizes", (32,)))),
-                "ratios": tuple(float(r) for r in as_tuple(bound.get("ratios", (0.5, 1.0, 2.0)))),
+        def floats(v, default):
+            v = default if v is None else v
+            return tuple(float(x) for x in (v if isinstance(v, (list, tuple)) else (v,)))
+        return {"sizes": floats(bound.get("sizes"), (32,)),
+                "ratios": floats(bound.get("ratios"), (0.5, 1.0, 2.0)),
                 "stride": bound.get("stride")}
 
     def infer(self, ins, attrs):
@@ -295,7 +298,7 @@ class AssignTargets(_BoxOp):
             Arg("low_quality", True, kind="bool", doc="each gt's best anchors are positives"),
             Arg("batch", 256, kind="int", doc="boxes sampled per image"),
             Arg("positive_fraction", 0.5, kind="float", doc="most of the batch that is positive"),
-            Arg("weights", (1.0, 1.0, 1.0, 1.0), doc="box coding weights of the targets"))
+            Arg("weights", None, doc="box coding weights of the targets; [1, 1, 1, 1]"))
     doc = ("Match anchors or proposals to ground truth by IoU and sample a batch per image: "
            "labels [N, K] (gt class, 0 background, -1 not sampled) and deltas [N, K, 4].")
 

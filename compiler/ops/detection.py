@@ -79,10 +79,15 @@ def _rpn_masks(labels, dtype):
 class RpnLoss(Op):
     name = layer = "rpn_loss"
     n_inputs = 4
-    args = (Arg("beta", 1.0 / 9, kind="float", doc="smooth-L1 beta of the box term"),
+    args = (Arg("beta", None, kind="float", doc="smooth-L1 beta of the box term; 1/9"),
             Arg("box_weight", 1.0, kind="float", doc="weight of the box term (the paper's lambda)"))
     doc = ("Faster R-CNN's RPN loss: binary cross-entropy of the objectness of sampled anchors "
            "(mean) + box_weight * smooth-L1 of positives' deltas (sum / sampled).")
+
+    def attrs(self, bound, in_types):
+        beta = bound.get("beta")
+        return {"beta": 1.0 / 9 if beta is None else float(beta),
+                "box_weight": float(bound.get("box_weight", 1.0))}
 
     def infer(self, ins, attrs):
         obj, deltas, labels, targets = ins

@@ -259,14 +259,14 @@ def _spp_width(c: int, levels) -> int:
 
 
 def _levels_attr(bound) -> tuple:
-    levels = bound.get("levels", (1, 2, 4))
+    levels = bound.get("levels") or (1, 2, 4)
     return tuple(levels) if isinstance(levels, (list, tuple)) else (levels,)
 
 
 @register
 class Spp(FirstInputGrad):
     name = layer = "spp"
-    args = (Arg("levels", (1, 2, 4), doc="bins per side of each pyramid level"),)
+    args = (Arg("levels", None, doc="bins per side of each pyramid level; [1, 2, 4]"),)
     doc = "SPP-Net's spatial pyramid max pooling of a whole map: [N, C*sum(l*l)]."
 
     def attrs(self, bound, in_types):
@@ -297,7 +297,7 @@ class SppBwd(FirstInputGradBwd):
 @register
 class RoiSpp(_RoiOp):
     name = layer = "roi_spp"
-    args = (Arg("levels", (1, 2, 4), doc="bins per side of each pyramid level"),
+    args = (Arg("levels", None, doc="bins per side of each pyramid level; [1, 2, 4]"),
             Arg("spatial_scale", 1.0, kind="float", doc="feature-map cells per input pixel"))
     doc = "SPP-Net's pyramid over RoIs: roi_pool at each level, flattened and concatenated."
 
