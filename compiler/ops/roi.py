@@ -7,8 +7,9 @@
     spp(x [N, C, H, W])                     -> [N, C*sum(l*l)]  {levels}
     roi_spp(x, rois)                        -> [R, C*sum(l*l)]  {levels, spatial_scale}
 
-A RoI is (batch index, x0, y0, x1, y1) in input pixels; `spatial_scale` maps it onto the feature
-map (1/16 for a stride-16 map).  The arithmetic is torchvision.ops' exactly: roi_pool rounds the
+A RoI is (image index, x0, y0, x1, y1) in input pixels, [R, 5] as torchvision takes them; boxes
+per image [N, P, 4] (P concrete, e.g. proposals) are the same RoIs, N*P of them, image-major.
+`spatial_scale` maps them onto the feature map (1/16 for a stride-16 map).  The arithmetic is torchvision.ops' exactly: roi_pool rounds the
 scaled corners (half away from zero), treats the end corner as inclusive and cuts bins at
 floor/ceil; roi_align averages sampling_ratio^2 bilinear samples per bin (ceil(roi/bin) when
 sampling_ratio <= 0), with a -0.5 pixel offset when `aligned`.  SPP's bins are adaptive max
@@ -25,14 +26,30 @@ import math
 from ._lazy import F, torch
 
 from ..ir import TensorType
+from . import dims
 from .conv import image, pair
 from .registry import Arg, FirstInputGrad, FirstInputGradBwd, Op, ShapeError, register
 
 
-def _rois(t: TensorType, what: str):
-    if t.rank != 2 or t.shape[1] != 5:
-        raise ShapeError(f"{what} expects RoIs [R, 5] (batch index, x0, y0, x1, y1), got {t}")
-    return t.shape[0]
+def _rois(x: TensorType, t: TensorType, what: str):
+    """The number of RoIs: R of [R, 5], or N*P of per-image boxes [N, P, 4] (P concrete)."""
+    if t.rank == 2 and t.shape[1] == 5:
+        return t.shape[0]
+    if t.rank == 3 and t.shape[2] == 4 and isinstance(t.shape[1], int):
+        if t.shape[0] != x.shape[0]:
+            raise ShapeError(f"{what}: boxes per image {t} do not match the images {x}")
+        return dims.scale(t.shape[0], t.shape[1])
+    raise ShapeError(f"{what} expects RoIs [R, 5] (image index, x0, y0, x1, y1) or boxes per "
+                     f"image [N, P, 4] with P concrete, got {t}")
+
+
+def as_rois(rois):
+    """[R, 5] RoIs as they are, or boxes per image [N, P, 4] as [N*P, 5], image-major."""
+    if rois.dim() == 2:
+        return rois
+    n, p, _ = rois.shape
+    index = torch.arange(n, dtype=rois.dtype, device=rois.device).repeat_interleave(p)
+    return torch.cat([index[:, None], rois.reshape(n * p, 4)], dim=1)
 
 
 def _levels(attrs, what: str) -> tuple[int, ...]:
@@ -61,6 +78,7 @@ def _pool_bins(start, length, bins: int, limit: int):
 
 def roi_pool_argmax(x, rois, output, scale):
     """(values [R, C, oh, ow], flat argmax into H*W or -1 for an empty bin)."""
+    rois = as_rois(rois)
     n, c, h, w = x.shape
     oh, ow = output
     corners = _round_away(rois[:, 1:].to(torch.float64) * scale).long()   # (R, 4)
@@ -90,6 +108,7 @@ def roi_pool_argmax(x, rois, output, scale):
 
 def roi_pool_grad(gy, x, rois, output, scale):
     """dL/dx: each bin's gradient added at its argmax (nothing for empty bins)."""
+    rois = as_rois(rois)
     _, index = roi_pool_argmax(x, rois, output, scale)
     n, c, h, w = x.shape
     gx = torch.zeros((n * c * h * w,), dtype=gy.dtype, device=gy.device)
@@ -150,8 +169,11 @@ def align_weights(rois, h: int, w: int, output, scale: float, sampling_ratio: in
 
 
 def _align_args(x, rois, attrs):
-    return align_weights(rois.to(x.dtype), x.shape[2], x.shape[3], attrs["output"],
-                         attrs["spatial_scale"], attrs["sampling_ratio"], attrs["aligned"])
+    """(Ay, Ax, the image of each RoI) of roi_align on x."""
+    rois = as_rois(rois).to(x.dtype)
+    ay, ax = align_weights(rois, x.shape[2], x.shape[3], attrs["output"],
+                           attrs["spatial_scale"], attrs["sampling_ratio"], attrs["aligned"])
+    return ay, ax, rois[:, 0].long()
 
 
 # -- spatial pyramid pooling ------------------------------------------------------------------
@@ -185,7 +207,7 @@ class _RoiOp(FirstInputGrad):
 
     def infer(self, ins, attrs):
         _, c, _, _ = image(ins[0], self.layer)
-        r = _rois(ins[1], self.layer)
+        r = _rois(ins[0], ins[1], self.layer)
         if min(attrs["output"]) < 1 or attrs["spatial_scale"] <= 0:
             raise ShapeError(f"{self.layer} needs an output of at least 1x1 and a positive "
                              f"spatial_scale, got {attrs['output']} and {attrs['spatial_scale']}")
@@ -236,8 +258,8 @@ class RoiAlign(_RoiOp):
 
     def forward(self, ins, attrs, ctx):
         x, rois = ins
-        ay, ax = _align_args(x, rois, attrs)
-        feats = x[rois[:, 0].long()]                                  # (R, C, H, W)
+        ay, ax, image = _align_args(x, rois, attrs)
+        feats = x[image]                                              # (R, C, H, W)
         return (torch.einsum("rph,rchw,rqw->rcpq", ay, feats, ax),)
 
 
@@ -249,9 +271,9 @@ class RoiAlignBwd(FirstInputGradBwd):
 
     def forward(self, ins, attrs, ctx):
         gy, x, rois = ins
-        ay, ax = _align_args(x, rois, attrs)
+        ay, ax, image = _align_args(x, rois, attrs)
         per_roi = torch.einsum("rph,rcpq,rqw->rchw", ay, gy, ax)       # (R, C, H, W)
-        return (torch.zeros_like(x).index_add_(0, rois[:, 0].long(), per_roi),)
+        return (torch.zeros_like(x).index_add_(0, image, per_roi),)
 
 
 def _spp_width(c: int, levels) -> int:
@@ -307,7 +329,7 @@ class RoiSpp(_RoiOp):
 
     def infer(self, ins, attrs):
         _, c, _, _ = image(ins[0], "roi_spp")
-        r = _rois(ins[1], "roi_spp")
+        r = _rois(ins[0], ins[1], "roi_spp")
         if attrs["spatial_scale"] <= 0:
             raise ShapeError(f"roi_spp needs a positive spatial_scale, got "
                              f"{attrs['spatial_scale']}")

@@ -195,3 +195,44 @@ def test_spp_spec_trains_on_reference_and_triton_and_onnx_refuse_it(tmp_path, ca
     assert main(["train", str(path), "--backend", "triton", "--out", str(tmp_path / "t")]) == 2
     err = capsys.readouterr().err
     assert "no kernels for op 'spp'" in err and "spp.dls:4:" in err
+
+
+@pytest.mark.parametrize("op", ["roi_pool", "roi_align", "roi_spp"])
+def test_boxes_per_image_are_rois_image_major(op):
+    x = _x(seed=8)
+    boxes = ROIS[[0, 3, 4, 1, 2, 5], 1:].reshape(2, 3, 4)        # image 0: 3 boxes, image 1: 3
+    rois = torch.cat([torch.tensor([0, 0, 0, 1, 1, 1], dtype=DT)[:, None],
+                      boxes.reshape(6, 4)], dim=1)
+    a = _attrs(op, output=2, spatial_scale=0.5)
+    assert get(op).infer([TensorType(("N", 3, 7, 9)), TensorType(("N", 3, 4))], a)[0] \
+        .shape[0] == "3*N"
+    per_image = run_op(op, {"x": x, "b": boxes}, a)[0]
+    torch.testing.assert_close(per_image, run_op(op, {"x": x, "r": rois}, a)[0], rtol=0, atol=0)
+    gy = torch.randn(per_image.shape, generator=torch.Generator().manual_seed(9), dtype=DT)
+    torch.testing.assert_close(run_op(op + "_bwd", {"gy": gy, "x": x, "b": boxes}, a)[0],
+                               run_op(op + "_bwd", {"gy": gy, "x": x, "r": rois}, a)[0])
+
+
+HEAD_SPEC = """# Fast R-CNN's RoI head: the feature map once per image, RoI pooling per proposal.
+model FastRcnnHead(classes=4) {
+    input x: f32[3, 32, 32]
+    input proposals: f32[8, 4]
+    features = x -> conv(16, 3) -> relu -> maxpool(2)
+    pooled = roi_pool(features, proposals, output=4, spatial_scale=0.5) -> flatten -> linear(32)
+    scores = pooled -> linear(classes)
+    deltas = pooled -> linear(4 * classes)
+}
+"""
+
+
+def test_a_roi_head_spec_compiles_and_bad_rois_are_located(tmp_path, capsys):
+    from dlc.cli import main
+    path = tmp_path / "head.dls"
+    path.write_text(HEAD_SPEC)
+    assert main(["compile", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "f32[8*N,16,4,4]" in out and "f32[8*N,16]" in out        # 8 proposals an image
+    path.write_text(HEAD_SPEC.replace("f32[8, 4]", "f32[8, 5]"))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "head.dls:6:14: error: roi_pool expects RoIs [R, 5]" in err
