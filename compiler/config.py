@@ -24,7 +24,8 @@ class Call:
         return f"{self.name}(" + ", ".join(f"{k}={v!r}" for k, v in self.args.items()) + ")"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **self.args}
+        return {"name": self.name, **{k: list(v) if isinstance(v, tuple) else v
+                                      for k, v in self.args.items()}}
 
 
 @dataclass
@@ -38,11 +39,14 @@ class TrainConfig:
     seed: int = 0                      # shuffling, splits, initialisation, dropout masks
     early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
     penalty: Call | None = None        # l1/l2 parameter-norm penalty added to the training loss
+    clip: Call | None = None           # gradient clipping: norm(max_norm) or value(clip_value)
+    param_groups: list[Call] = field(default_factory=list)   # params(match=..., lr=...) overrides
     precision: str = "f32"             # f32 | bf16: the Triton backend's matmul/conv operands
     augment: list[Call] = field(default_factory=list)   # transforms of each training batch, in order
     weight_noise: Call | None = None   # std * N(0, 1) added to every weight in each training step
     shuffle: bool = True               # a fresh permutation of the training split every epoch
     drop_last: bool = False            # leave out an epoch's last, short batch
+    ensemble: Call | None = None       # kfold(k), bagging(n) or boosting(n): several models
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
 
     def to_dict(self) -> dict:
@@ -52,10 +56,13 @@ class TrainConfig:
             "batch": self.batch, "epochs": self.epochs, "seed": self.seed,
             "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
             "penalty": self.penalty.to_dict() if self.penalty else None,
+            "clip": self.clip.to_dict() if self.clip else None,
+            "params": [g.to_dict() for g in self.param_groups],
             "precision": self.precision,
             "augment": [c.to_dict() for c in self.augment],
             "weight_noise": self.weight_noise.to_dict() if self.weight_noise else None,
             "shuffle": self.shuffle, "drop_last": self.drop_last,
+            "ensemble": self.ensemble.to_dict() if self.ensemble else None,
         }
 
     @property

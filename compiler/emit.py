@@ -11,6 +11,15 @@ def _n(x) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def mib(nbytes: int) -> str:
+    """nbytes in MiB with two decimals, as f"{nbytes / 2**20:.2f}" prints it (round half to
+    even), but exact for any int: no float overflow for a huge batch."""
+    q, r = divmod(nbytes * 100, 2**20)
+    if r > 2**19 or (r == 2**19 and q % 2):
+        q += 1
+    return f"{q // 100}.{q % 100:02d}"
+
+
 def text_table(rows: list[list[str]], right: set[int]) -> list[str]:
     """Rows of cells as aligned text lines; columns in `right` are right-aligned."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -52,7 +61,7 @@ def summary(spec, batch: int = 32) -> str:
               + (f" (+ {_n(n_buffers)} buffer values)" if n_buffers else ""),
               f"FLOPs/example:     {_n(total_flops)} (forward; a multiply-add counts 2)",
               f"activations:       {_n(total_act)} bytes/example "
-              f"({total_act * batch / 2**20:.2f} MiB for a batch of {batch})"]
+              f"({mib(total_act * batch)} MiB for a batch of {_n(batch)})"]
     return "\n".join(lines) + "\n"
 
 
@@ -99,11 +108,14 @@ def train_plan(spec, batch: int):
     from .pipeline import build_train_graph
     from .plan import make_plan
     g = build_train_graph(spec.graph, spec.config)
-    symbols = sorted({d for v in g.inputs for d in v.type.shape
+    symbolic = [v for v in g.inputs
+                if any(isinstance(d, str) and d.isidentifier() and d != "N" for d in v.type.shape)]
+    symbols = sorted({d for v in symbolic for d in v.type.shape
                       if isinstance(d, str) and d.isidentifier() and d != "N"})
     if symbols:
         raise UserError(f"the kernel plan needs concrete sizes, but the input has the size "
                         f"symbol{'s' if len(symbols) > 1 else ''} {', '.join(symbols)}",
+                        spec.graph.input_locs.get(symbolic[0].input_name),
                         hint="plans are made at run time for the sizes of the data; "
                              "declare fixed sizes in the input to see one here")
     return make_plan(g, {"N": batch}, training=True)

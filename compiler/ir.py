@@ -101,6 +101,7 @@ class Graph:
     updates: dict[str, Value] = field(default_factory=dict)   # state name -> new value (train graphs)
     grads: dict[str, Value] = field(default_factory=dict)     # param name -> gradient (train graphs)
     precision: str = "f32"       # f32 | bf16: what the Triton backend feeds matmul/conv units
+    input_locs: dict[str, Any] = field(default_factory=dict)  # input name -> where it is declared
 
     # -- construction -------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:

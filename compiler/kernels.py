@@ -11,7 +11,7 @@ from .ops import get
 ALIGN = 256                                   # bytes: every arena buffer starts aligned
 DTYPE_BYTES = {"f32": 4, "i64": 8, "bf16": 2, "f16": 2, "i32": 4}
 UPDATE_OPS = ("sgd_update", "adam_update", "rmsprop_update", "adagrad_update",
-              "adadelta_update")
+              "adadelta_update", "momentum_update")
 
 
 # -- sizes ---------------------------------------------------------------------------------------

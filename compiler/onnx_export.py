@@ -142,15 +142,51 @@ def _pool_attrs(a: dict) -> dict:
                 pads=_pads(a["padding"]), ceil_mode=int(bool(a["ceil"])))
 
 
+def _onnx_ceil_out(size: int, k: int, s: int, p: int) -> int:
+    """ONNX's ceil-mode output size: no clamp of a last window that starts in the padding."""
+    return -(-(size + 2 * p - k) // s) + 1
+
+
+def _add_pool(e, op_type: str, node, ins, outs, **extra) -> None:
+    """A pool whose output size is dlc's (PyTorch's) also in ceil mode.
+
+    PyTorch drops a last window that would start in the right padding; ONNX keeps it.
+    Where that happens the ONNX pool's extra row/column is sliced off."""
+    a = node.attrs
+    (_, _, h, w), (_, _, oh, ow) = node.inputs[0].type.shape, node.outputs[0].type.shape
+    extra_rows = []
+    if a["ceil"]:
+        for axis, size, want in ((2, h, oh), (3, w, ow)):
+            k, st, p = a["kernel"][axis - 2], a["stride"][axis - 2], a["padding"][axis - 2]
+            if not isinstance(size, int):
+                if p + st > k:                     # the clamp may bite for some sizes
+                    raise UserError(f"ONNX export: a ceil-mode pool whose last window may start "
+                                    f"in the padding needs a static size, got {size}",
+                                    node.loc, hint="declare fixed sizes in the input, or use "
+                                    "ceil=false")
+                continue
+            if _onnx_ceil_out(size, k, st, p) != want:
+                extra_rows.append((axis, want))
+    if not extra_rows:
+        e.add(op_type, ins[:1], outs, **_pool_attrs(a), **extra)
+        return
+    pooled = e.fresh(f"{outs[0]}/unclamped")
+    e.add(op_type, ins[:1], [pooled], **_pool_attrs(a), **extra)
+    axes = [ax for ax, _ in extra_rows]
+    e.add("Slice", [pooled, e.const(f"{outs[0]}/starts", np.zeros(len(axes), np.int64)),
+                    e.const(f"{outs[0]}/ends", np.array([n for _, n in extra_rows], np.int64)),
+                    e.const(f"{outs[0]}/axes", np.array(axes, np.int64))], outs)
+
+
 @onnx_op("max_pool2d")
 def lower_max_pool2d(e, node, ins, outs):
-    e.add("MaxPool", ins[:1], outs, **_pool_attrs(node.attrs))
+    _add_pool(e, "MaxPool", node, ins, outs)
 
 
 @onnx_op("avg_pool2d")
 def lower_avg_pool2d(e, node, ins, outs):
-    e.add("AveragePool", ins[:1], outs, **_pool_attrs(node.attrs),
-          count_include_pad=int(bool(node.attrs["count_include_pad"])))
+    _add_pool(e, "AveragePool", node, ins, outs,
+              count_include_pad=int(bool(node.attrs["count_include_pad"])))
 
 
 @onnx_op("global_avg_pool")
@@ -277,9 +313,24 @@ def graph_to_onnx(g: Graph, state: dict, *, doc: str = "") -> onnx.ModelProto:
     return model
 
 
+def _check_size(g: Graph) -> None:
+    """Refuse, before any weight is made, a model whose weights alone exceed 2 GiB."""
+    sizes = {name: (v.type.numel() or 0) * 4 for name, v in g.state.items()}
+    total = sum(sizes.values())
+    if total < MAX_PROTO_BYTES:
+        return
+    biggest = max(sizes, key=sizes.get)
+    where = next((n.loc for n in g.nodes if any(v.state is not None and v.state.name == biggest
+                                                 for v in n.inputs)), None)
+    raise UserError(f"{g.name} has {total / 2**30:.1f} GiB of weights, more than one protobuf "
+                    "file can hold (2 GiB), so it cannot be exported as ONNX", where,
+                    hint=f"the largest is {biggest}, {sizes[biggest] / 2**30:.2f} GiB")
+
+
 def export_onnx(spec, state: dict | None = None) -> bytes:
     """The spec's inference graph as ONNX bytes; `state` defaults to a fresh init (spec seed)."""
     g = lower(spec.graph, "eval")
+    _check_size(g)
     if state is None:
         from ..runtime.state import init_state
         state = init_state(spec.graph, spec.config.seed)

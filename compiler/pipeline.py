@@ -1,6 +1,7 @@
 """The compiler's pipelines: every graph dlc runs is made by a straight list of named passes.
 
-    TRAIN  lower-train -> weight-noise -> add-loss -> autodiff -> optimizer -> dce -> verify
+    TRAIN  lower-train -> weight-noise -> add-loss -> lookahead -> autodiff -> optimizer
+           -> dce -> verify
     EVAL   lower-eval  -> add-loss -> dce -> verify
     INFER  lower-eval  -> dce -> verify
 
@@ -19,8 +20,9 @@ from .autodiff import backward
 from .config import TrainConfig
 from .ir import Graph, TensorType, Value, print_graph
 from .lower import live_nodes, lower
-from .ops import Builder
-from .optimizers import lower_optimizer
+from .ops import Builder, ShapeError
+from ..spec.diagnostics import located
+from .optimizers import add_lookahead, lower_optimizer, param_settings
 from .verify import verify
 
 
@@ -34,6 +36,8 @@ class PassContext:
     loss: Value | None = None
     params: list[Value] = field(default_factory=list)
     grads: dict[int, Value] = field(default_factory=dict)
+    points: dict[int, Value] = field(default_factory=dict)   # nag: parameter -> look-ahead
+    settings: dict = field(default_factory=dict)   # parameter -> (optimizer args, lr scale)
 
 
 Pass = Callable[[Graph, PassContext], Graph]
@@ -116,18 +120,39 @@ def add_loss(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
-def autodiff(g: Graph, ctx: PassContext) -> Graph:
-    """d loss / d parameter for every trainable parameter, as backward nodes."""
+def _lr_input(g: Graph) -> Value:
+    try:
+        return g.input("lr")
+    except KeyError:
+        return g.add_input("lr", TensorType(()))
+
+
+def lookahead(g: Graph, ctx: PassContext) -> Graph:
+    """nag only: the forward reads every parameter at its look-ahead point w - lr*beta*v,
+    so that autodiff's gradient is the notes' ∇J(θ - ηβv)."""
+    cfg = ctx.config
     ctx.params = [v for v in g.state.values() if v.state.trainable]
-    ctx.grads = backward(g, ctx.loss, ctx.params)
+    ctx.settings = param_settings(cfg.optimizer, cfg.param_groups, g)
+    if cfg.optimizer.name == "nag":
+        ctx.points = add_lookahead(g, cfg.optimizer, ctx.settings, ctx.params, _lr_input(g))
+    return g
+
+
+def autodiff(g: Graph, ctx: PassContext) -> Graph:
+    """d loss / d parameter for every trainable parameter (at its look-ahead point for
+    nag), as backward nodes."""
+    wrt = [ctx.points.get(id(p), p) for p in ctx.params]
+    grads = backward(g, ctx.loss, wrt)
+    ctx.grads = {id(p): grads[id(w)] for p, w in zip(ctx.params, wrt)}
     g.grads = {p.state.name: ctx.grads[id(p)] for p in ctx.params}
     return g
 
 
 def optimizer(g: Graph, ctx: PassContext) -> Graph:
     """Input %lr, one update node per parameter, and the `@name <- %value` assignments."""
-    lr = g.add_input("lr", TensorType(()))
-    lower_optimizer(g, ctx.config.optimizer, ctx.params, ctx.grads, lr)
+    cfg = ctx.config
+    lower_optimizer(g, cfg.optimizer, ctx.params, ctx.grads, _lr_input(g), ctx.settings,
+                    cfg.clip)
     return g
 
 
@@ -142,7 +167,7 @@ def verify_pass(g: Graph, ctx: PassContext) -> Graph:
 
 
 TRAIN: list[tuple[str, Pass]] = [("lower-train", lower_train), ("weight-noise", weight_noise),
-                                 ("add-loss", add_loss),
+                                 ("add-loss", add_loss), ("lookahead", lookahead),
                                  ("autodiff", autodiff), ("optimizer", optimizer),
                                  ("dce", dce), ("verify", verify_pass)]
 EVAL: list[tuple[str, Pass]] = [("lower-eval", lower_eval), ("add-loss", add_loss),
@@ -156,7 +181,10 @@ def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph
     g = model
     for name, fn in passes:
         t0 = time.perf_counter()
-        g = fn(g, ctx)
+        try:
+            g = fn(g, ctx)
+        except ShapeError as e:                    # e.g. a loss that does not fit the output
+            raise located(e, _loss_span(model, ctx.config), _hint(e, ctx.config)) from None
         if debug >= 1:
             sys.stderr.write(f"[dlc] {ctx.name}: {name:<12} {len(g.nodes):>5} nodes  "
                              f"{(time.perf_counter() - t0) * 1e3:7.2f} ms\n")
@@ -164,6 +192,21 @@ def run(passes: list[tuple[str, Pass]], model: Graph, ctx: PassContext) -> Graph
             sys.stderr.write(print_graph(g))
     g.precision = ctx.config.precision
     return g
+
+
+def _loss_span(model: Graph, cfg: TrainConfig):
+    """Where the loss is written, or (the default loss) the layer making the model's output."""
+    if cfg.loss.span is not None:
+        return cfg.loss.span
+    out = model.outputs[0] if model.outputs else None
+    return out.node.loc if out is not None and out.node is not None else None
+
+
+def _hint(e: ShapeError, cfg: TrainConfig) -> str | None:
+    if cfg.loss.span is None and str(e).startswith(cfg.loss.name):
+        return (f"no train section names a loss, so the default {cfg.loss.name} applies; "
+                "set another with `loss mse` in `train { }`")
+    return None
 
 
 def build_train_graph(model: Graph, cfg: TrainConfig) -> Graph:

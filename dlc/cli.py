@@ -1,4 +1,4 @@
-"""The `dlc` command line: check, compile, train, eval, predict, bench, convert.
+"""The `dlc` command line: check, compile, train, eval, predict, bench, convert, plot.
 
 Exit codes: 0 success, 2 a user error (spec, arguments, data), 1 anything else,
 130 interrupted.  Set DLC_DEBUG=1 to see the traceback of an internal error.
@@ -21,7 +21,33 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):                       # argparse's own errors: exit 2, no traceback
         self.print_usage(sys.stderr)
         sys.stderr.write(f"dlc: error: {message}\n")
+        hint = _flag_hint(message)
+        if hint:
+            sys.stderr.write(f"  = hint: {hint}\n")
         raise SystemExit(2)
+
+
+def _flag_hint(message: str) -> str | None:
+    """`--epochs 5`, `--lr=0.1`: settings are changed with --set."""
+    if "unrecognized arguments" not in message:
+        return None
+    from .spec.train import SETTINGS
+    words = message.split(":", 1)[1].split()
+    for i, word in enumerate(words):
+        if not word.startswith("--"):
+            continue
+        name, _, value = word[2:].partition("=")
+        name = name.replace("-", "_")
+        if not value and i + 1 < len(words) and not words[i + 1].startswith("--"):
+            value = words[i + 1]
+        value = value or "VALUE"
+        if name in SETTINGS:
+            return f"train settings are changed with --set: --set train.{name}={value}"
+        if name in ("lr", "learning_rate"):
+            return f"the learning rate is an optimizer argument: --set train.optimizer.lr={value}"
+        return (f"there is no option --{word[2:].partition('=')[0]}; spec settings are changed "
+                f"with --set train.NAME=VALUE or --set model.PARAM=VALUE")
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,11 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def spec_cmd(name, help):
+    def spec_cmd(name, help, what="the .dls file", nargs=None):
         c = sub.add_parser(name, help=help, description=help)
-        c.add_argument("spec", help="the .dls file")
+        c.add_argument("spec", help=what, nargs=nargs)
         c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting: train.epochs=5, model.classes=3")
+        c.add_argument("--model", metavar="NAME",
+                       help="the model to use when the file defines several")
         return c
 
     spec_cmd("check", "parse and check a spec; print diagnostics only")
@@ -47,22 +75,38 @@ def _parser() -> argparse.ArgumentParser:
                    "onnx; for dot, a .svg/.png/.pdf path is rendered with Graphviz)")
     c.add_argument("--checkpoint", metavar="CKPT",
                    help="weights for --emit onnx (default: a fresh init from the spec's seed)")
-    c = spec_cmd("train", "train the model as the spec's train section says")
-    c.add_argument("--out", help="run directory (default runs/<spec name>)")
+    c = spec_cmd("train", "train the model as the spec's train section says",
+                 what="the .dls file (not with --resume)", nargs="?")
+    c.add_argument("--out", help="run directory (default: a new runs/<spec name>/<n>)")
+    c.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its last finished epoch, with the "
+                        "spec and settings of its run.yaml")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the run files in --out if it already holds a run")
+    c.add_argument("--save-every", type=int, metavar="K",
+                   help="also keep the weights of every K-th epoch (epoch-K.safetensors)")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     c.add_argument("--seed", type=int, help="override train.seed")
     c.add_argument("--init-from", metavar="CKPT", help="start from these weights")
     c.add_argument("--quiet", action="store_true", help="no progress output")
-    c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data")
-    c.add_argument("--checkpoint", required=True, metavar="CKPT")
+    c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data",
+                 what="a run directory, or the .dls file (then --checkpoint)")
+    c.add_argument("--checkpoint", metavar="CKPT",
+                   help="the weights, or a run directory (an ensemble's: all its members); default: the run directory's own")
     c.add_argument("--split", default="test", choices=("train", "val", "test"))
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
-    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy file")
-    c.add_argument("--checkpoint", required=True, metavar="CKPT")
-    c.add_argument("--input", required=True, metavar="X.npy")
-    c.add_argument("--output", required=True, metavar="Y.npy")
+    c = spec_cmd("predict", "run a checkpoint on inputs from a .npy, .npz or CSV file",
+                 what="a run directory, or the .dls file (then --checkpoint)")
+    c.add_argument("--checkpoint", metavar="CKPT",
+                   help="the weights, or a run directory (an ensemble's: all its members); default: the run directory's own")
+    c.add_argument("--input", required=True, metavar="X",
+                   help=".npy, .npz (an array per input, named after it) or .csv (numbers)")
+    c.add_argument("--output", required=True, metavar="Y",
+                   help=".npy (one file per output: Y.npy, then Y.<output>.npy), .npz or .csv")
+    c.add_argument("--output-kind", default="logits", choices=("logits", "probs", "labels"),
+                   help="raw outputs, softmax probabilities or argmax labels (default logits)")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device")
     c = spec_cmd("bench", "time the training step (and inference) of a spec on a backend")
@@ -87,12 +131,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="CKPT",
                    help="the dlc checkpoint to write (.safetensors)")
     c.add_argument("--show", action="store_true", help="print every dlc <- source pair")
+    c = sub.add_parser("plot", help="overlay the training curves of run directories",
+                       description="overlay the training curves of run directories: loss, "
+                       "accuracy and learning rate per epoch, best epochs marked")
+    c.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    c.add_argument("-o", "--output", default="curves", metavar="PATH",
+                   help="PATH.png and PATH.svg, or only PATH if it ends in .png, .svg or "
+                        ".pdf (default: curves)")
     return p
 
 
 def _compile(args):
     from .api import compile_spec
-    return compile_spec(args.spec, args.set)
+    return compile_spec(args.spec, args.set, model=args.model)
 
 
 def cmd_check(args) -> int:
@@ -103,8 +154,12 @@ def cmd_check(args) -> int:
         print(f"{args.spec}: ok (a block library: {names}; blocks are checked fully where a "
               "model uses them)")
         return 0
-    spec = _compile(args)
-    print(f"{args.spec}: ok ({spec.graph.name}, {spec.num_params():,} parameters)")
+    from .api import compile_spec
+    names = [args.model] if args.model or len(module.models) < 2 else \
+        [m.name for m in module.models]
+    for name in names:
+        spec = compile_spec(args.spec, args.set, model=name)
+        print(f"{args.spec}: ok ({spec.graph.name}, {spec.num_params():,} parameters)")
     return 0
 
 
@@ -181,43 +236,100 @@ def _write_text(path: Path, text: str) -> None:
 
 def cmd_train(args) -> int:
     from .api import train
+    if args.resume:
+        return _resume(args)
+    if args.spec is None:
+        raise UserError("dlc train needs a spec (or --resume RUN_DIR)",
+                        hint="for example: dlc train examples/digits_mlp.dls")
     spec = _compile(args)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.spec).stem
+    if args.out:
+        out = Path(args.out)
+    else:
+        from .runtime.rundir import fresh_default
+        out = fresh_default(Path(args.spec))
     final = train(spec, out, backend=args.backend, device=args.device, seed=args.seed,
-                  init_from=args.init_from, progress=not args.quiet)
-    acc = final["test_acc"]
-    shown = f"test_acc {acc:.4f}  " if acc is not None else ""
-    print(f"{shown}test_loss {final['test_loss']:.4f}  epochs {final['epochs_run']} "
-          f"({final['stopped']})  -> {out}")
+                  init_from=args.init_from, progress=not args.quiet, overwrite=args.overwrite,
+                  save_every=_save_every(args))
+    _print_final(final, out)
     return 0
+
+
+def _save_every(args) -> int | None:
+    if args.save_every is not None and args.save_every < 1:
+        raise UserError(f"--save-every must be at least 1, got {args.save_every}")
+    return args.save_every
+
+
+def _resume(args) -> int:
+    """`dlc train --resume DIR`: the run's spec, settings, seed and backend from run.yaml."""
+    from .api import compile_run, train
+    clash = [flag for flag, given in (("the spec argument", args.spec), ("--set", args.set),
+                                      ("--init-from", args.init_from), ("--out", args.out),
+                                      ("--overwrite", args.overwrite), ("--seed", args.seed))
+             if given]
+    if clash:
+        raise UserError("--resume continues a run with the spec and settings of its run.yaml; "
+                        f"drop {clash[0]}",
+                        hint=f"dlc train --resume {args.resume}")
+    out = Path(args.resume)
+    spec, run = compile_run(out)
+    backend = run.get("backend", "auto") if args.backend == "auto" else args.backend
+    final = train(spec, out, backend=backend, device=args.device or run.get("device"),
+                  seed=run.get("seed"), progress=not args.quiet, resume=True,
+                  save_every=_save_every(args))
+    _print_final(final, out)
+    return 0
+
+
+def _print_final(final: dict, out: Path) -> None:
+    acc, loss = final["test_acc"], final["test_loss"]
+    shown = f"test_acc {acc:.4f}  " if acc is not None else ""
+    shown += f"test_loss {loss:.4f}  " if loss is not None else "no test split  "
+    kind = f"{final['kind']}: " if "kind" in final else ""
+    print(f"{kind}{shown}epochs {final['epochs_run']} ({final['stopped']})  -> {out}")
+
+
+def _build_for_run(args):
+    """The model `eval` and `predict` run: from a run directory (its spec, `--set`s and
+    checkpoint) or from a spec and --checkpoint."""
+    from .api import build, compile_run
+    run = None
+    if Path(args.spec).is_dir():
+        spec, run = compile_run(args.spec, args.set)
+        checkpoint = args.checkpoint or Path(args.spec) / "checkpoint.safetensors"
+    else:
+        if not args.checkpoint:
+            raise UserError(f"dlc {args.command} {args.spec} needs --checkpoint CKPT",
+                            hint=f"or give the run directory: dlc {args.command} runs/<name>/<n>")
+        spec, checkpoint = _compile(args), args.checkpoint
+    if Path(checkpoint).is_dir() or (run is not None and (Path(args.spec) / "ensemble.json").is_file()):
+        from .api import load_run          # an ensemble's members, or a run's checkpoint
+        return load_run(checkpoint if Path(checkpoint).is_dir() else args.spec, spec,
+                        backend=args.backend, device=args.device), run
+    return build(spec, backend=args.backend, device=args.device, checkpoint=checkpoint), run
 
 
 def cmd_eval(args) -> int:
     import json
-    from .api import build
-    spec = _compile(args)
-    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
+    model, _ = _build_for_run(args)
     print(json.dumps({"split": args.split, **model.evaluate(args.split)}))
     return 0
 
 
 def cmd_predict(args) -> int:
-    import numpy as np
-    from .api import build
-    spec = _compile(args)
-    model = build(spec, backend=args.backend, device=args.device, checkpoint=args.checkpoint)
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except FileNotFoundError:
-        raise UserError(f"no such file: {args.input}") from None
-    except (OSError, ValueError) as e:
-        raise UserError(f"{args.input} is not a readable .npy array ({e})") from None
-    y = model.predict(x)
-    try:
-        np.save(args.output, y)
-    except OSError as e:
-        raise UserError(f"cannot write {args.output}: {e.strerror}") from None
-    print(f"wrote {args.output}: {list(y.shape)}")
+    from .runtime.predict_io import as_kind, read_inputs, standardized, write_outputs
+    model, run = _build_for_run(args)
+    inputs = read_inputs(args.input, model.input_names)
+    inputs = standardized(inputs, (run or {}).get("data") or {})
+    kind = args.output_kind
+    if getattr(model, "scores_are_probabilities", False) and kind == "probs":
+        kind = "logits"            # an ensemble's combined scores are probabilities already
+    outputs = {name: as_kind(y, kind, name)
+               for name, y in model.predict_outputs(
+                   inputs if len(inputs) > 1 else next(iter(inputs.values()))).items()}
+    written = write_outputs(args.output, outputs)
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+    print(f"wrote {', '.join(map(str, written))}: {shapes}")
     return 0
 
 
@@ -243,6 +355,8 @@ def cmd_convert(args) -> int:
     from .runtime.convert import convert
     spec = _compile(args)
     done = convert(spec, args.source, args.output)
+    for warning in done.warnings:
+        sys.stderr.write(f"dlc: warning: {warning}\n")
     if args.show:
         for mine, theirs in done.pairs:
             print(f"  {mine} <- {theirs}  {list(spec.graph.state[mine].type.shape)}")
@@ -253,8 +367,15 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_plot(args) -> int:
+    from .runtime.plot import plot_runs
+    written = plot_runs([Path(r) for r in args.runs], Path(args.output))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eval": cmd_eval,
-            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert}
+            "predict": cmd_predict, "bench": cmd_bench, "convert": cmd_convert, "plot": cmd_plot}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ..compiler.config import Call
+from ..compiler.limits import MAX_WINDOW
 from ..compiler.ops._lazy import F, torch
 from ..compiler.ops.registry import Arg
 
@@ -47,8 +48,11 @@ def check_augment(call: Call) -> tuple[str, str] | None:
         if key in a and not 0.0 <= a[key] <= 1.0:
             return key, f"p must be in [0, 1], got {a[key]}"
     for key in ("padding", "size", "std", "alpha", "brightness", "contrast", "saturation"):
-        if key in a and a[key] < 0:
-            return key, f"{key} must not be negative, got {a[key]}"
+        if key in a and not 0 <= a[key] < math.inf:
+            return key, f"{key} must be a number >= 0, got {a[key]}"
+    for key in ("padding", "size"):                  # pixels: absurd sizes refused at check
+        if key in a and isinstance(a[key], int) and a[key] > MAX_WINDOW:
+            return key, f"{key} must be at most {MAX_WINDOW:,} pixels, got {a[key]:,}"
     for key in ("brightness", "contrast", "saturation"):
         if key in a and a[key] >= 1:
             return key, f"{key} must be below 1 (a factor in [1 - {key}, 1 + {key}])"

@@ -96,13 +96,15 @@ def torch_optimizer(call, params, *, capturable: bool = False):
     tests/runtime/test_optimizers.py checks step for step)."""
     a, name = call.args, call.name
     optim = torch.optim
+    if a.get("eps_inside"):
+        raise UserError(f"no torch.optim counterpart for {name}(eps_inside=true)")
     if name == "sgd":
         cls, kw = optim.SGD, {k: a[k] for k in ("momentum", "dampening", "nesterov",
                                                 "weight_decay")}
     elif name in ("adam", "adamw"):
         cls = optim.Adam if name == "adam" else optim.AdamW
         kw = {"betas": (a["beta1"], a["beta2"]), "eps": a["eps"],
-              "weight_decay": a["weight_decay"]}
+              "weight_decay": a["weight_decay"], "amsgrad": a["amsgrad"]}
     elif name == "rmsprop":
         cls, kw = optim.RMSprop, {k: a[k] for k in ("alpha", "eps", "momentum", "centered",
                                                     "weight_decay")}

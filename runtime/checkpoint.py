@@ -18,9 +18,14 @@ def model_state_names(g: Graph) -> list[str]:
 
 def save(path: Path, g: Graph, state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Write the model's parameters and buffers to `path` (via a temporary file + rename)."""
+    write_atomic(Path(path), {n: state[n] for n in model_state_names(g)}, meta)
+
+
+def write_atomic(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write tensors to `path` through a temporary file and a rename: a kill during the
+    write leaves the previous file whole."""
     # cloned: a backend may hold state as views of one flat buffer, which safetensors refuses
-    tensors = {n: state[n].detach().to("cpu").contiguous().clone() for n in model_state_names(g)}
-    path = Path(path)
+    tensors = {n: t.detach().to("cpu").contiguous().clone() for n, t in tensors.items()}
     tmp = path.with_name(path.name + ".tmp")
     try:
         save_file(tensors, str(tmp), metadata={k: str(v) for k, v in meta.items()})

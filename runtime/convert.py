@@ -18,7 +18,7 @@ do not sort in execution order, convert from a `.pt` state dict instead.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -39,6 +39,7 @@ class Conversion:
     dropped: list[str]                      # num_batches_tracked entries
     by_name: bool                           # True when source names were the model's names
     source_ordered: bool                    # False for .safetensors (natural name order)
+    warnings: list[str] = field(default_factory=list)   # pairs whose names disagree
 
     @property
     def count(self) -> int:
@@ -116,8 +117,7 @@ def map_state(g: Graph, src: dict[str, torch.Tensor], *, where: str,
     kept = [(k, v) for k, v in src.items() if k not in set(dropped)]
     names = ckpt.model_state_names(g)
     by_name = set(names) == {k for k, _ in kept}
-    if by_name:
-        kept = [(n, src[n]) for n in names]
+    kept, warnings = _pair(names, kept)
     counts = (f"the model has {len(names)} parameter/buffer tensors, {where} has {len(kept)}"
               + (f" (after dropping {len(dropped)} num_batches_tracked)" if dropped else ""))
     hint = None if source_ordered or by_name else (
@@ -142,7 +142,30 @@ def map_state(g: Graph, src: dict[str, torch.Tensor], *, where: str,
                             f"is {g.state[name].type.dtype}")
         out[name] = t.detach().to("cpu", want_dtype).contiguous()
     return out, Conversion([(n, k) for n, (k, _) in zip(names, kept)], dropped, by_name,
-                           source_ordered)
+                           source_ordered, warnings)
+
+
+def _pair(names: list[str], kept: list) -> tuple[list, list[str]]:
+    """The source tensors in the model's order: those with one of the model's names by
+    name, the others by order into the remaining places; a warning for each pair mapped by
+    order whose kinds (weight, bias, running_mean, ...) disagree, or whose source would have
+    a by-name partner elsewhere."""
+    by_src = dict(kept)
+    rest = iter([(k, v) for k, v in kept if k not in set(names)])
+    paired, warnings = [], []
+    for i, n in enumerate(names):
+        if n in by_src:
+            paired.append((n, by_src[n]))
+            continue
+        nxt = next(rest, None)
+        if nxt is None:
+            break
+        paired.append(nxt)
+        if nxt[0].rpartition(".")[2] != n.rpartition(".")[2]:
+            warnings.append(f"tensor #{i + 1}: the model's {n} is taken from the source's "
+                            f"{nxt[0]} by order, but their names disagree")
+    paired.extend(rest)                       # more source tensors than places: reported
+    return paired, warnings
 
 
 def convert(spec, src_path: str | Path, out_path: str | Path) -> Conversion:

@@ -7,7 +7,7 @@ seeded permutation.  Errors in files are `UserError`s naming the file and row.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,24 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
             Arg("label", -1, kind="any", doc="label column: index or header name"),
             Arg("header", True, kind="bool", doc="first row holds column names"),
             Arg("classes", True, kind="bool", doc="labels are class indices (else targets)"),
+            Arg("categories", "", kind="str", doc="feature columns holding categories (names "
+                "or 1-based numbers, separated by commas), one-hot encoded"),
+            Arg("standardize", False, kind="bool", doc="scale features to mean 0, std 1 "
+                "with the training split's statistics"),
             *_SPLITS),
     "npz": (Arg("path", kind="str", doc=".npz file with arrays x and y"),
-            Arg("x", "x", kind="str"), Arg("y", "y", kind="str"),
-            Arg("classes", True, kind="bool"), *_SPLITS),
+            Arg("x", "x", kind="str", doc="the features' array; for a model with several "
+                "inputs, input=array pairs (or input names that are also array names), "
+                'separated by commas: "image=pixels, meta=tabular"'),
+            Arg("y", "y", kind="str"),
+            Arg("classes", True, kind="bool"),
+            Arg("standardize", False, kind="bool", doc="scale features to mean 0, std 1 "
+                "with the training split's statistics"), *_SPLITS),
+    "images": (Arg("root", kind="str", doc="a folder with one subfolder of images per class"),
+               Arg("size", 0, kind="int", doc="resize every image to size x size (0: keep; "
+                   "then all must have one size)"),
+               Arg("gray", False, kind="bool", doc="one channel instead of three (RGB)"),
+               *_SPLITS),
     # the official test split is the test set; `val` is taken from the training images
     "mnist": (Arg("root", kind="str", doc="folder with the four IDX files"),
               Arg("val", 0.1, kind="float", doc="fraction of the training images held out")),
@@ -37,13 +51,31 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
 }
 
 
+def check_data_args(call: Call) -> tuple[str, str] | None:
+    """(problem, argument) for split fractions no data set can use, or None; the train
+    section calls it where it reads `data`, so `dlc check` reports them."""
+    a = call.args
+    for k in ("val", "test"):
+        if k in a and not 0 <= a[k] < 1:
+            return f"{k} must be a fraction in [0, 1), got {a[k]}", k
+    if a.get("val", 0) + a.get("test", 0) >= 1:
+        return (f"val ({a['val']}) and test ({a['test']}) together must leave some training "
+                "data"), "test"
+    return None
+
+
 @dataclass
 class Split:
-    x: np.ndarray            # (n, *features) float32
+    x: np.ndarray | dict     # (n, *features) float32, or input name -> such an array
     y: np.ndarray            # (n,) int64, or (n, k) float32
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.y)
+
+    def take(self, idx) -> Split:
+        """The examples `idx` (an index array or a slice)."""
+        x = {k: v[idx] for k, v in self.x.items()} if isinstance(self.x, dict) else self.x[idx]
+        return Split(x, self.y[idx])
 
 
 @dataclass
@@ -53,6 +85,16 @@ class Dataset:
     test: Split
     classes: int | None      # number of classes, None for regression
     name: str
+    class_names: list | None = None    # a text label column's values, by class index
+    vocabulary: dict = field(default_factory=dict)   # category column -> its values, in order
+    standardize: dict | None = None    # {"mean": [...], "std": [...]} of the training split
+
+    def describe(self) -> dict:
+        """What run.yaml keeps of the data: sizes, classes, encodings and statistics."""
+        return {"name": self.name, "train": len(self.train), "val": len(self.val),
+                "test": len(self.test), "classes": self.classes,
+                "class_names": self.class_names, "vocabulary": self.vocabulary or None,
+                "standardize": self.standardize}
 
 
 def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
@@ -78,19 +120,64 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
         n_val = int(round(len(x) * a["val"]))
         va, tr = perm[:n_val], perm[n_val:]
         return Dataset(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(xt, yt), 10, call.name)
+    if call.name == "images":
+        from .images import read_image_folder
+        root = Path(a["root"]).expanduser()
+        root = root if root.is_absolute() else base_dir / root
+        x, y, names = read_image_folder(root, a["size"], a["gray"], call)
+        data = _split(x, y, a, seed, len(names), root.name)
+        data.class_names = names
+        return data
     path = Path(a["path"])
     if not path.is_absolute():
         path = base_dir / path
+    encoded: dict = {}
     if call.name == "csv":
-        x, y = _read_csv(path, a["label"], a["header"], a["classes"], call)
+        x, y = _read_csv(path, a["label"], a["header"], a["classes"], call, encoded)
     else:
         x, y = _read_npz(path, a["x"], a["y"], a["classes"], call)
-    classes = int(y.max()) + 1 if a["classes"] else None
-    return _split(x, y, a, seed, classes, path.name)
+        _check_finite(x, path, call)
+    classes = (len(encoded["class_names"]) if encoded.get("class_names")
+               else int(y.max()) + 1 if a["classes"] and len(y) else None)
+    data = _split(x, y, a, seed, classes, path.name)
+    data.class_names = encoded.get("class_names")
+    data.vocabulary = encoded.get("vocabulary", {})
+    if a["standardize"]:
+        _standardize(data, call)
+    return data
+
+
+def _check_finite(x, path: Path, call: Call) -> None:
+    """NaN or infinity in features is a located error (file, row, column)."""
+    for name, arr in (x.items() if isinstance(x, dict) else [(None, x)]):
+        bad = np.argwhere(~np.isfinite(arr.reshape(len(arr), -1)))
+        if len(bad):
+            row, col = (int(v) for v in bad[0])
+            where = f"array {name!r}, " if name else ""
+            raise UserError(f"{path}: {where}example {row} (0-based), value {col} is "
+                            f"{arr.reshape(len(arr), -1)[row, col]}: features must be finite "
+                            "numbers", call.arg_spans.get("path", call.span),
+                            hint="fill or drop missing values before training")
+
+
+def _standardize(data: Dataset, call: Call) -> None:
+    """Features scaled by the training split's per-feature mean and std (std 0 -> 1)."""
+    if isinstance(data.train.x, dict):
+        raise UserError("standardize applies to one feature array, not several inputs",
+                        call.arg_spans.get("standardize", call.span))
+    flat = data.train.x.reshape(len(data.train.x), -1).astype(np.float64)
+    mean = flat.mean(axis=0)
+    std = flat.std(axis=0)
+    std[std == 0] = 1.0
+    for split in (data.train, data.val, data.test):
+        shape = split.x.shape
+        split.x = ((split.x.reshape(len(split.x), -1) - mean) / std).astype(np.float32
+                                                                            ).reshape(shape)
+    data.standardize = {"mean": mean.tolist(), "std": std.tolist()}
 
 
 def _split(x, y, a, seed, classes, name) -> Dataset:
-    n = len(x)
+    n = len(y)
     val_frac, test_frac = a["val"], a["test"]
     if not (0 <= val_frac < 1 and 0 <= test_frac < 1 and val_frac + test_frac < 1):
         raise UserError(f"val ({val_frac}) and test ({test_frac}) fractions must be in [0, 1) "
@@ -100,10 +187,13 @@ def _split(x, y, a, seed, classes, name) -> Dataset:
     te, va, tr = perm[:n_test], perm[n_test:n_test + n_val], perm[n_test + n_val:]
     if len(tr) == 0:
         raise UserError(f"{name}: no training examples left after the splits ({n} in all)")
-    return Dataset(Split(x[tr], y[tr]), Split(x[va], y[va]), Split(x[te], y[te]), classes, name)
+    whole = Split(x, y)
+    return Dataset(whole.take(tr), whole.take(va), whole.take(te), classes, name)
 
 
-def _read_csv(path: Path, label, header: bool, classes: bool, call: Call):
+def _read_csv(path: Path, label, header: bool, classes: bool, call: Call, encoded: dict):
+    """Features and labels of a CSV file. Category columns are one-hot encoded and a text
+    label column becomes class indices, each by its sorted values (kept in `encoded`)."""
     try:
         with open(path, newline="") as f:
             rows = list(csv.reader(f))
@@ -112,49 +202,113 @@ def _read_csv(path: Path, label, header: bool, classes: bool, call: Call):
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {path}: {e}", call.span) from None
     names = rows.pop(0) if header and rows else None
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
-    if not rows:
-        raise UserError(f"{path} holds no data rows", call.span)
-    width = len(rows[0])
-    if isinstance(label, str):
-        if names is None or label not in names:
-            raise UserError(f"{path} has no column named {label!r}"
-                            + (f" (columns: {', '.join(names)})" if names else ""),
-                            call.arg_spans.get("label", call.span))
-        col = names.index(label)
-    elif isinstance(label, int) and not isinstance(label, bool) and -width <= label < width:
-        col = label % width
-    else:
-        raise UserError(f"label column {label!r} is out of range for {width} columns",
-                        call.arg_spans.get("label", call.span))
-    data = np.empty((len(rows), width), dtype=np.float64)
     first = 2 if names is not None else 1
-    for i, r in enumerate(rows):
+    numbered = [(i + first, r) for i, r in enumerate(rows) if r and any(c.strip() for c in r)]
+    if not numbered:
+        raise UserError(f"{path} holds no data rows", call.span)
+    width = len(numbered[0][1])
+    for line, r in numbered:
         if len(r) != width:
-            raise UserError(f"{path}:{i + first}: expected {width} columns, got {len(r)}")
-        try:
-            data[i] = [float(c) for c in r]
-        except ValueError:
-            raise UserError(f"{path}:{i + first}: a value is not a number: {r}") from None
-    y = data[:, col]
-    x = np.delete(data, col, axis=1).astype(np.float32)
+            raise UserError(f"{path}:{line}: expected {width} columns, got {len(r)}")
+    col = _column(label, names, width, path, call, "label")
+    cats = [_column(c.strip(), names, width, path, call, "categories")
+            for c in call.args.get("categories", "").split(",") if c.strip()]
+    title = lambda j: repr(names[j]) if names else str(j + 1)
+    columns = []
+    for j in range(width):
+        cells = [(line, r[j].strip()) for line, r in numbered]
+        if j in cats:
+            vocab = sorted({c for _, c in cells})
+            encoded.setdefault("vocabulary", {})[names[j] if names else str(j + 1)] = vocab
+            index = {v: k for k, v in enumerate(vocab)}
+            columns.append(np.eye(len(vocab), dtype=np.float64)[[index[c] for _, c in cells]])
+        elif j == col and classes and not all(is_number(c) for _, c in cells):
+            vocab = sorted({c for _, c in cells})
+            encoded["class_names"] = vocab
+            index = {v: k for k, v in enumerate(vocab)}
+            y = np.array([index[c] for _, c in cells], dtype=np.float64)
+        else:
+            values = _numbers(cells, path, title(j), call)
+            if j == col:
+                y = values
+            else:
+                columns.append(values[:, None])
+    x = np.concatenate(columns, axis=1).astype(np.float32) if columns else np.zeros(
+        (len(numbered), 0), np.float32)
     return x, _labels(y, classes, path)
 
 
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _numbers(cells: list, path: Path, title: str, call: Call) -> np.ndarray:
+    """A numeric column; text or NaN/inf is an error naming file, row and column."""
+    out = np.empty(len(cells), dtype=np.float64)
+    for i, (line, c) in enumerate(cells):
+        try:
+            out[i] = float(c)
+        except ValueError:
+            raise UserError(f"{path}:{line}: column {title} holds {c!r}, which is not a number",
+                            call.span, hint=f"if column {title} holds categories, name it in "
+                            f"csv(categories=...)") from None
+        if not np.isfinite(out[i]):
+            raise UserError(f"{path}:{line}: column {title} is {c!r}: values must be finite "
+                            "numbers", call.span,
+                            hint="fill or drop missing values before training")
+    return out
+
+
+def _column(key, names, width: int, path: Path, call: Call, arg: str) -> int:
+    """The index of a column given by header name or number (label: 0-based index, may be
+    negative; categories: 1-based numbers or names)."""
+    if isinstance(key, str) and not (arg == "categories" and key.isdigit()):
+        if names is None or key not in names:
+            raise UserError(f"{path} has no column named {key!r}"
+                            + (f" (columns: {', '.join(names)})" if names else ""),
+                            call.arg_spans.get(arg, call.span))
+        return names.index(key)
+    if arg == "categories":
+        key = int(key) - 1
+    if isinstance(key, int) and not isinstance(key, bool) and -width <= key < width:
+        return key % width
+    raise UserError(f"{arg} column {key!r} is out of range for {width} columns",
+                    call.arg_spans.get(arg, call.span))
+
+
+def npz_inputs(spec: str) -> dict[str, str] | None:
+    """npz's `x`: None for one array feeding the model's only input, else input -> array
+    ("a,b" or "image=pixels, meta=tabular")."""
+    items = [item.strip() for item in spec.split(",") if item.strip()]
+    if len(items) == 1 and "=" not in items[0]:
+        return None
+    pairs = [item.partition("=") for item in items]
+    return {name.strip(): (array.strip() or name.strip()) for name, _, array in pairs}
+
+
 def _read_npz(path: Path, xk: str, yk: str, classes: bool, call: Call):
+    named = npz_inputs(xk)
+    wanted = list(named.values()) if named else [xk]
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in (xk, yk) if k not in f.files]
+            missing = [k for k in (*wanted, yk) if k not in f.files]
             if missing:
                 raise UserError(f"{path} has no array {missing[0]!r} (arrays: {', '.join(f.files)})",
-                                call.span)
-            x, y = f[xk].astype(np.float32), f[yk]
+                                call.arg_spans.get("x" if missing[0] != yk else "y", call.span))
+            arrays = {k: f[k].astype(np.float32) for k in wanted}
+            y = f[yk]
     except FileNotFoundError:
         raise UserError(f"data file not found: {path}", call.arg_spans.get("path", call.span)) from None
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read {path}: {e}", call.span) from None
-    if len(x) != len(y):
-        raise UserError(f"{path}: {xk} has {len(x)} rows but {yk} has {len(y)}", call.span)
+    for k, x in arrays.items():
+        if len(x) != len(y):
+            raise UserError(f"{path}: {k} has {len(x)} rows but {yk} has {len(y)}", call.span)
+    x = {name: arrays[array] for name, array in named.items()} if named else arrays[xk]
     return x, _labels(y, classes, path)
 
 

@@ -3,9 +3,11 @@
     metrics.jsonl            one JSON object per epoch (epoch, train_loss, train_acc,
                              val_loss, val_acc, lr, seconds), flushed as it goes
     checkpoint.safetensors   weights after the last finished epoch (best epoch with early stopping)
+    best.safetensors         with early stopping, the best epoch's weights
+    last.safetensors         the whole training state to resume from (runtime/resume.py)
     final.json               test_loss, test_acc, epochs_run, stopped (why), best_epoch
     run.yaml                 resolved configuration, versions, spec hash, command
-    curves.svg               loss and accuracy per epoch
+    curves.png, curves.svg   loss, accuracy and learning rate per epoch (runtime/plot.py)
 
 `run_training` is put together from small parts:
 
@@ -16,6 +18,7 @@
                      also detects divergence) only when the progress bar redraws, at most every
                      Progress.REFRESH_S seconds on a terminal, and at the end of the epoch
     _record          validation and the epoch's metrics.jsonl record
+    _save_epoch      the epoch's checkpoints, the resumable state last
     EarlyStopping    monitor, patience, min_delta and the best epoch's state
     _finish          the best state restored, the test split evaluated, final.json written
 """
@@ -41,8 +44,10 @@ from .backends import make_program
 from .data import load
 from .model import Model
 from .plot import write_curves
+from . import metrics, resume, rundir
+from .confusion_png import write_confusion
 from .progress import Progress
-from .schedules import learning_rate
+from .schedules import Schedule
 from .state import init_state
 
 
@@ -104,26 +109,33 @@ class TrainStep:
                                     device=model.device, seed=seed)
         self.state = init_state(train_graph, seed, model.device)    # slots start at zero
         self.state.update(model.state)                                # parameters and buffers
-        self.x_name = model.spec.graph.inputs[0].input_name
-        self.x = model.shape_batch(data.train.x, f"{data.name} examples")     # (n, *input) f32
+        self.x_name = model.spec.graph.inputs[0].input_name     # the one augment transforms
+        # input name -> (n, *input) f32: every example of the training split
+        self.xs = model.shape_inputs(data.train.x, f"{data.name} examples")
         self.y = torch.as_tensor(data.train.y, device=model.device)    # (n,) i64 / (n, k) f32
         self.classify = model.spec.config.loss.name == "cross_entropy"
         self.lr = torch.zeros((), dtype=torch.float32, device=model.device)   # () filled per step
         self.lam = torch.zeros(2, dtype=torch.float32, device=model.device)   # (2,) λ, 1 - λ
-        # (2,) f64: the sum of loss * batch size, and the number of correct predictions
-        self.sums = torch.zeros(2, dtype=torch.float64, device=model.device)
+        # (3,) f64: the epoch's sum of loss * batch size and number of correct predictions,
+        # and the run's first loss (-1 until the first step), divergence's yardstick
+        self.sums = torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64, device=model.device)
+        self.started = False
 
     def run(self, idx: torch.Tensor, lr: float) -> None:
         """One optimizer step on the examples `idx` at learning rate `lr`."""
         y = self.y.index_select(0, idx)                                 # (batch, ...)
         self.lr.fill_(lr)
-        inputs = {self.x_name: self.x.index_select(0, idx), "y": y, "lr": self.lr}
+        inputs = {name: x.index_select(0, idx) for name, x in self.xs.items()}
+        inputs.update(y=y, lr=self.lr)
         batch = self.augment(inputs[self.x_name]) if self.augment else None
         if batch is not None:
             inputs[self.x_name] = batch.x
             inputs.update(self._mixed_labels(y, batch))
         (loss, out, *_), updates, _ = self.program.run(self.state, inputs)
         self.state.update(updates)
+        if not self.started:
+            self.sums[2].copy_(loss)
+            self.started = True
         self.sums[0].add_(loss, alpha=len(idx))
         if self.classify:
             self.sums[1].add_(_correct(out, y, batch))
@@ -161,40 +173,50 @@ class EpochStats(NamedTuple):
 
 
 class _Diverged(Exception):
-    """The loss became NaN or infinite; the message says when."""
+    """The loss became NaN or infinite, or grew far past where it started; the message
+    says when."""
 
 
-def _read_back(sums: torch.Tensor, epoch: int, step: int) -> tuple[float, float]:
+DIVERGED_FACTOR = 1e6        # a mean loss this many times the first step's has diverged
+
+
+def _read_back(sums: torch.Tensor, epoch: int, step: int, seen: int) -> tuple[float, float]:
     """The loop's one device-to-host read: the loss sum and correct count of the epoch so
-    far. A loss that has become NaN or infinite by `step` of `epoch` raises _Diverged."""
-    loss_sum, correct = sums.tolist()
+    far (`seen` examples). A loss that has become NaN or infinite by `step` of `epoch`, or
+    whose mean is DIVERGED_FACTOR times the run's first step's loss, raises _Diverged."""
+    loss_sum, correct, first = sums.tolist()
     if not math.isfinite(loss_sum):
         raise _Diverged(f"the loss became {loss_sum} in epoch {epoch}, by step {step}")
+    mean = loss_sum / max(seen, 1)
+    if first > 0 and mean > DIVERGED_FACTOR * first:
+        raise _Diverged(f"the loss grew to {mean:.3g} in epoch {epoch}, by step {step} "
+                        f"(from {first:.3g} at the first step)")
     return loss_sum, correct                     # fractional in mixup/cutmix batches
 
 
-def _train_epoch(step: TrainStep, batches: Batches, epoch: int, cfg,
+def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedule,
                  bar: Progress) -> EpochStats:
     """One pass over the training split, reading the sums back only when the bar redraws
     and once at the end."""
-    step.sums.zero_()
-    base_lr, seen, lr = cfg.optimizer.args["lr"], 0, None
+    step.sums[:2].zero_()
+    seen, lr = 0, None
     for i, idx in enumerate(batches.epoch(step.device)):
-        lr = learning_rate(cfg.schedule, base_lr, epoch - 1 + i / batches.steps, cfg.epochs)
+        lr = schedule.lr((epoch - 1) * batches.steps + i)
         step.run(idx, lr)
         seen += len(idx)
         if bar.due():
-            loss_sum, _ = _read_back(step.sums, epoch, i + 1)
-            bar.step(epoch, i + 1, loss_sum / seen)
-    loss_sum, correct = _read_back(step.sums, epoch, batches.steps)
+            loss_sum, _ = _read_back(step.sums, epoch, i + 1, seen)
+            bar.step(epoch, i + 1, loss_sum / seen, seen)
     seen = batches.used
+    loss_sum, correct = _read_back(step.sums, epoch, batches.steps, seen)
     return EpochStats(loss_sum / seen, correct / seen if step.classify else None, lr)
 
 
-def _record(model: Model, data, epoch: int, train: EpochStats, t0: float) -> dict:
-    """The epoch's metrics.jsonl record: its training metrics and the validation split's."""
+def _record(model: Model, data, epoch: int, train: EpochStats, t0: float, tag: dict) -> dict:
+    """The epoch's metrics.jsonl record: its training metrics and the validation split's,
+    after the `tag` of an ensemble member (`{"fold": 2}`)."""
     val = model.evaluate_arrays(data.val.x, data.val.y)
-    return {"epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
+    return {**tag, "epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
             "seconds": round(time.perf_counter() - t0, 4)}
 
@@ -253,49 +275,55 @@ class _Outcome:
     diverged: str | None = None
 
 
+@dataclass
+class _Run:
+    """Everything one training run works with, built by `_setup`."""
+    spec: object
+    cfg: object
+    model: Model
+    data: object
+    batches: Batches
+    step: TrainStep
+    stopper: EarlyStopping | None
+    schedule: Schedule
+    out_dir: Path
+    seed: int
+    save_every: int | None = None
+    tag: dict | None = None
+
+
 def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
-                 init_from=None, progress=True) -> dict:
+                 init_from=None, progress=True, resume=False, overwrite=False,
+                 save_every=None, data=None, tag=None) -> dict:
     """Train the spec's model as its train section says, writing the run directory
     `out_dir`; returns final.json's contents. An interrupted run raises KeyboardInterrupt
-    and a diverged one a UserError, each after writing final.json."""
-    cfg = spec.config
-    seed = cfg.seed if seed is None else seed
-    torch.manual_seed(seed)
-    train_graph = build_train_graph(spec.graph, cfg)
-    model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=[train_graph])
-    data = load(cfg.data, seed, spec.path.parent)
-    _check_data(model, data, cfg)
-    if init_from is not None:
-        model.load(init_from)
-    batches = Batches(len(data.train), cfg.batch, seed, shuffle=cfg.shuffle,
-                      drop_last=cfg.drop_last)
-    _check_augment(spec, model)
-    _check_batch_norm(spec, batches.smallest)
-    stopper = EarlyStopping.from_config(cfg, data)
-    step = TrainStep(train_graph, model, data, seed)
+    and a diverged one a UserError, each after writing final.json.
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_yaml(out_dir / "run.yaml", spec, cfg, model, seed, data)
-    metrics = out_dir / "metrics.jsonl"
-    metrics.write_text("")
-    checkpoint = out_dir / "checkpoint.safetensors"
-    bar = Progress(cfg.epochs, batches.steps, enabled=progress)
-    outcome = _Outcome()
+    `resume`: continue the run in `out_dir` from its last finished epoch (runtime/resume.py);
+    otherwise a folder that already holds a run is refused unless `overwrite`.
+    `save_every`: also keep the weights of every k-th epoch as epoch-<k>.safetensors.
+
+    The hook for ensembles (runtime/ensemble.py): `data`, a Dataset to train on instead
+    of the train section's (a fold, a resample), and `tag`, put first in every
+    metrics.jsonl record and in final.json (`{"member": 3}`)."""
+    if not resume:
+        rundir.prepare(out_dir, overwrite=overwrite)
+    run = _setup(spec, out_dir, backend, device, seed, save_every, data, tag)
+    outcome, first = _Outcome(), 1
+    if resume:
+        first = _resume(run, outcome)
+    elif init_from is not None:
+        run.model.load(init_from)
+        run.step.state.update(run.model.state)
+    if not resume:
+        _write_run_yaml(out_dir / "run.yaml", spec, run.cfg, run.model, run.seed, run.data)
+    _rewrite_metrics(out_dir / "metrics.jsonl", outcome.records)
+    bar = Progress(run.cfg.epochs, run.batches.steps, enabled=progress,
+                   examples=run.batches.n)
     t_start = time.perf_counter()
     try:
-        for epoch in range(1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            train = _train_epoch(step, batches, epoch, cfg, bar)
-            step.copy_to(model)
-            record = _record(model, data, epoch, train, t0)
-            outcome.records.append(record)
-            with open(metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.epoch(record)
-            stop = stopper is not None and stopper.update(epoch, record, model.state)
-            if stopper is None or stopper.best_epoch == epoch:
-                model.save(checkpoint, {"epoch": epoch})
-            if stop:
+        for epoch in range(first, run.cfg.epochs + 1):
+            if _run_epoch(run, epoch, bar, outcome):
                 outcome.stopped = "early_stopping"
                 break
     except KeyboardInterrupt:
@@ -304,30 +332,110 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
         outcome.stopped, outcome.diverged = "diverged", str(e)
     finally:
         if outcome.records:
-            write_curves(outcome.records, out_dir / "curves.svg")
-    return _finish(spec, model, data, out_dir, outcome, stopper, t_start)
+            write_curves(outcome.records, out_dir / "curves",
+                         run.stopper.best_epoch if run.stopper is not None else None)
+    return _finish(run, outcome, t_start)
 
 
-def _finish(spec, model: Model, data, out_dir: Path, outcome: _Outcome,
-            stopper: EarlyStopping | None, t_start: float) -> dict:
+def _setup(spec, out_dir: Path, backend, device, seed, save_every, data=None,
+           tag=None) -> _Run:
+    """The model, data, batches, train step and early stopping of a run, freshly seeded."""
+    cfg = spec.config
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
+    train_graph = build_train_graph(spec.graph, cfg)
+    model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=[train_graph])
+    data = load(cfg.data, seed, spec.path.parent) if data is None else data
+    _check_data(model, data, cfg)
+    batches = Batches(len(data.train), cfg.batch, seed, shuffle=cfg.shuffle,
+                      drop_last=cfg.drop_last)
+    _check_augment(spec, model)
+    _check_batch_norm(spec, batches.smallest)
+    stopper = EarlyStopping.from_config(cfg, data)
+    schedule = _schedule(cfg, data, batches.steps)
+    step = TrainStep(train_graph, model, data, seed)
+    return _Run(spec, cfg, model, data, batches, step, stopper, schedule, out_dir, seed,
+                save_every, dict(tag or {}))
+
+
+def _resume(run: _Run, outcome: _Outcome) -> int:
+    """Restore the saved training state of the run; the first epoch still to train."""
+    saved = resume.read(run.out_dir)
+    if saved.loop.get("spec_sha256") != run.spec.spec_hash:
+        raise UserError(f"the spec changed since the run in {run.out_dir} started, so it "
+                        "cannot be resumed exactly",
+                        hint="restore the spec, or start a new run (--init-from "
+                             f"{run.out_dir / 'checkpoint.safetensors'} to warm-start)")
+    resume.restore(saved, step=run.step, model=run.model, batches_rng=run.batches.rng,
+                   stopper=run.stopper)
+    outcome.records = list(saved.loop["records"])
+    run.step.sums[2] = saved.loop["first_loss"]
+    run.step.started = True
+    return saved.epoch + 1
+
+
+def _run_epoch(run: _Run, epoch: int, bar: Progress, outcome: _Outcome) -> bool:
+    """Train, validate, record and checkpoint one epoch; True when early stopping says stop."""
+    t0 = time.perf_counter()
+    train = _train_epoch(run.step, run.batches, epoch, run.schedule, bar)
+    run.step.copy_to(run.model)
+    record = _record(run.model, run.data, epoch, train, t0, run.tag)
+    run.schedule.end_epoch(epoch, record)
+    outcome.records.append(record)
+    with open(run.out_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    bar.epoch(record)
+    stop = run.stopper is not None and run.stopper.update(epoch, record, run.model.state)
+    _save_epoch(run, epoch, outcome)
+    return stop
+
+
+def _save_epoch(run: _Run, epoch: int, outcome: _Outcome) -> None:
+    """The checkpoints of a finished epoch: the weights to use (checkpoint.safetensors, the
+    best epoch's with early stopping), best.safetensors, every k-th epoch's, and the whole
+    training state to resume from (last.safetensors, written last)."""
+    model, stopper, out = run.model, run.stopper, run.out_dir
+    if stopper is None or stopper.best_epoch == epoch:
+        model.save(out / "checkpoint.safetensors", {"epoch": epoch})
+    if stopper is not None and stopper.best_epoch == epoch:
+        model.save(out / "best.safetensors", {"epoch": epoch})
+    if run.save_every and epoch % run.save_every == 0:
+        model.save(out / f"epoch-{epoch}.safetensors", {"epoch": epoch})
+    resume.save(out, epoch=epoch, state=run.step.state, program=run.step.program,
+                batches_rng=run.batches.rng, stopper=stopper, records=outcome.records,
+                extra={"spec_sha256": run.spec.spec_hash, "first_loss": run.step.sums[2].item()},
+                draw=run.step.augment.draw if run.step.augment else None)
+
+
+def _rewrite_metrics(path: Path, records: list) -> None:
+    """metrics.jsonl holding exactly the records of the epochs kept (a resumed run drops
+    the record of an epoch whose checkpoint was never written)."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _finish(run: _Run, outcome: _Outcome, t_start: float) -> dict:
     """Evaluate the test split on the final (with early stopping, the best) weights and
     write final.json; then re-raise an interruption or report a divergence."""
+    spec, model, stopper, out_dir = run.spec, run.model, run.stopper, run.out_dir
     if stopper is not None and stopper.best_state is not None:
         model.state.update(stopper.best_state)
     epochs_run = len(outcome.records)
-    test = model.evaluate_arrays(data.test.x, data.test.y)
-    final = {"test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
+    test = model.evaluate_arrays(run.data.test.x, run.data.test.y)
+    final = {**run.tag, "test_loss": test["loss"], "test_acc": test["acc"], "epochs_run": epochs_run,
              "stopped": outcome.stopped,
              "best_epoch": stopper.best_epoch if stopper is not None else epochs_run,
              "params": spec.num_params(), "seconds": round(time.perf_counter() - t_start, 3),
-             "backend": model.backend, "device": str(model.device)}
+             "backend": model.backend, "device": str(model.device),
+             **_test_metrics(model, run.data, out_dir)}
     (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
     if outcome.stopped == "interrupted":
         raise KeyboardInterrupt
     if outcome.diverged:
-        raise UserError(f"training diverged: {outcome.diverged}; the last good weights are in "
-                        f"{out_dir / 'checkpoint.safetensors'}", spec.config.optimizer.span,
-                        hint="lower the learning rate")
+        kept = (f"the last good weights (epoch {epochs_run}) are in "
+                f"{out_dir / 'checkpoint.safetensors'}" if epochs_run else
+                "no epoch finished, so no checkpoint was written")
+        raise UserError(f"training diverged: {outcome.diverged}; {kept}",
+                        spec.config.optimizer.span, hint="lower the learning rate")
     return final
 
 
@@ -339,6 +447,37 @@ def _check_augment(spec, model: Model) -> None:
             raise UserError(f"{call.name} transforms images, but the model's input is {x}",
                             call.span, hint="the input must be [channels, height, width]; "
                             "noise and mixup work on any input")
+
+
+def _test_metrics(model: Model, data, out_dir: Path) -> dict:
+    """Regression: test_mae, test_rmse, test_r2. Classification: test_classes (per-class
+    precision, recall, F1, support, macro means, the confusion matrix), also drawn as
+    confusion.png."""
+    test = data.test
+    if len(test) == 0:
+        return {}
+    pred = model.predict(test.x)
+    if data.classes is None:
+        return {f"test_{k}": v for k, v in metrics.regression(pred, test.y).items()}
+    scores = metrics.classification(pred, test.y, data.classes)
+    write_confusion(scores["confusion"], out_dir / "confusion.png",
+                    getattr(data, "class_names", None))
+    return {"test_classes": scores}
+
+
+def _schedule(cfg, data, steps: int) -> Schedule:
+    """The run's learning-rate schedule; a UserError when plateau monitors a metric the data
+    cannot give."""
+    sched = cfg.schedule
+    if sched.name == "plateau":
+        monitor = sched.args["monitor"]
+        if monitor.startswith("val_") and len(data.val) == 0:
+            raise UserError(f"plateau monitors {monitor}, but there is no validation split "
+                            "(set val > 0 in data)", sched.span, hint="monitor train_loss")
+        if monitor == "val_acc" and data.classes is None:
+            raise UserError("plateau monitors val_acc, but the targets are not classes",
+                            sched.span, hint="monitor val_loss")
+    return Schedule(sched, cfg.optimizer.args["lr"], cfg.epochs, steps)
 
 
 def _check_batch_norm(spec, smallest: int) -> None:
@@ -362,31 +501,34 @@ def _versions() -> dict:
 
 
 def _check_data(model: Model, data, cfg) -> None:
-    out = model.spec.graph.outputs[0].type
+    """The data fits the loss and the model's output and input; errors point at the spec
+    line to change (the train setting when written, else the model's output or input)."""
+    g = model.spec.graph
+    out = g.outputs[0].type
+    out_loc = next((n.loc for n in reversed(g.nodes) if n.loc is not None), None)
+    where = cfg.loss.span or cfg.data.span or out_loc
     if cfg.loss.name == "cross_entropy":
         if data.classes is None:
             raise UserError("cross_entropy needs class labels, but the data has regression "
-                            "targets", cfg.loss.span)
+                            "targets", where)
         if out.rank != 2 or out.shape[1] < data.classes:
             raise UserError(f"the model's output {out} cannot score {data.classes} classes of "
-                            f"{data.name}", cfg.loss.span or cfg.data.span,
+                            f"{data.name}", out_loc or where,
                             hint=f"end the model with linear({data.classes})")
     elif data.classes is not None:
         raise UserError(f"{cfg.loss.name} needs numeric targets, but {data.name} has class labels",
-                        cfg.loss.span or cfg.data.span,
-                        hint="use cross_entropy, or classes=false for csv/npz targets")
+                        where, hint="use cross_entropy, or classes=false for csv/npz targets")
     else:
         want = tuple(out.shape[1:])
         have = tuple(data.train.y.shape[1:])
         if want != have:
             raise UserError(f"the model's output {out} does not match the targets of "
-                            f"{data.name} ({list(have)} per example)",
-                            cfg.loss.span or cfg.data.span)
+                            f"{data.name} ({list(have)} per example)", out_loc or where)
     try:
-        model.shape_batch(data.train.x[:1], f"{data.name} examples")
+        model.shape_inputs(data.train.take(slice(0, 1)).x, f"{data.name} examples")
     except UserError as e:
         default = "data" not in cfg.spans
-        raise UserError(e.message, cfg.spans.get("data"),
+        raise UserError(e.message, g.input_locs.get(g.inputs[0].input_name) or cfg.spans.get("data"),
                         hint=("the train section names no data, so digits is used; add a "
                               "`data` setting that fits the model's input") if default else
                         "the data and the model's input must hold the same values per example"
@@ -395,11 +537,10 @@ def _check_data(model: Model, data, cfg) -> None:
 
 def _write_run_yaml(path: Path, spec, cfg, model: Model, seed: int, data) -> None:
     doc = {
-        "spec": str(spec.path), "model": spec.graph.name, "spec_sha256": spec.spec_hash,
+        "spec": str(Path(spec.path).resolve()), "model": spec.graph.name, "spec_sha256": spec.spec_hash,
         "sets": list(spec.sets), "seed": seed, "backend": model.backend,
         "device": str(model.device), "params": spec.num_params(),
-        "data": {"name": data.name, "train": len(data.train), "val": len(data.val),
-                 "test": len(data.test), "classes": data.classes},
+        "data": data.describe(),
         "train": {**cfg.to_dict(), "seed": seed}, "versions": _versions(),
         "command": " ".join(sys.argv),
     }

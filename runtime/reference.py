@@ -33,6 +33,13 @@ class ReferenceProgram:
                     seen.add(id(v))
                     self._last_use[i].append(id(v))
 
+    def rng_state(self) -> torch.Tensor:
+        """The dropout generator's state, for a checkpoint to resume from."""
+        return self.ctx.generator.get_state()
+
+    def set_rng_state(self, t: torch.Tensor) -> None:
+        self.ctx.generator.set_state(t.cpu())
+
     def profile(self, state: dict, inputs: dict) -> list:
         """One run with the device synchronised around every node: a `KernelTime` per node."""
         import time

@@ -7,6 +7,7 @@ import re
 import torch
 
 from ..compiler.ir import Graph, StateSpec
+from ..spec.diagnostics import UserError
 
 _RULE = re.compile(r"^(\w+)(?:\(([^)]*)\))?$")
 
@@ -40,7 +41,32 @@ def init_tensor(spec: StateSpec, generator: torch.Generator) -> torch.Tensor:
     raise ValueError(f"unknown init rule {spec.init!r} for {spec.name}")
 
 
+def memory_bytes(device) -> int | None:
+    """The memory of `device` (host RAM for the CPU), or None when it cannot be told."""
+    try:
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            return torch.cuda.get_device_properties(dev).total_memory
+        import os
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError, AssertionError):
+        return None
+
+
+def check_fits(g: Graph, device="cpu") -> None:
+    """Refuse, before allocating, state that cannot fit in the device's memory at all."""
+    need = sum((v.type.numel() or 0) * (8 if v.type.dtype == "i64" else 4)
+               for v in g.state.values())
+    have = memory_bytes(device)
+    if have is not None and need > have:
+        raise UserError(f"{g.name} needs {need / 2**30:,.1f} GiB for its parameters, buffers "
+                        f"and optimizer state, more than the {have / 2**30:,.1f} GiB of memory "
+                        f"of {device}", hint="`dlc compile --emit summary` shows where the "
+                        "parameters are")
+
+
 def init_state(g: Graph, seed: int, device="cpu") -> dict[str, torch.Tensor]:
     """Fresh values for every state entry of g, in declaration order (deterministic per seed)."""
+    check_fits(g, device)
     gen = torch.Generator().manual_seed(seed)
     return {name: init_tensor(v.state, gen).to(device) for name, v in g.state.items()}

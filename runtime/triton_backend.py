@@ -138,6 +138,13 @@ class TritonProgram:
         c.arena = arena
         return c
 
+    # -- the dropout seed, for a checkpoint to resume from (updated in place: kernels hold it)
+    def rng_state(self) -> torch.Tensor:
+        return self.seed.cpu().clone()
+
+    def set_rng_state(self, t: torch.Tensor) -> None:
+        self.seed.copy_(t.to(self.seed.device, torch.int32))
+
     # -- running
     def _load_state(self, state: dict) -> None:
         for name, view in self._views.items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..compiler.limits import fmt_num
 from ..compiler.ops.registry import REQUIRED, Arg
 from .diagnostics import Span, UserError, did_you_mean
 
@@ -18,7 +19,7 @@ def describe(v: Any) -> str:
     if isinstance(v, str):
         return f'"{v}"'
     if isinstance(v, (int, float)):
-        return repr(v)
+        return fmt_num(v)
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(describe(x) for x in v) + "]"
     return getattr(v, "describe", lambda: type(v).__name__)()
@@ -32,7 +33,7 @@ def coerce(value: Any, kind: str) -> Any:
     if kind == "int" and isint:
         return value
     if kind == "float" and (isint or isinstance(value, float)) and not isinstance(value, bool):
-        return float(value)
+        return float(value)                  # OverflowError past 1e308: bind reports it
     if kind == "bool" and isinstance(value, bool):
         return value
     if kind in ("str", "name") and isinstance(value, str):
@@ -89,6 +90,9 @@ def bind(sig: tuple[Arg, ...], positional: list[tuple[Any, Span]],
             continue
         try:
             out[a.name] = coerce(out[a.name], a.kind)
+        except OverflowError:
+            raise UserError(f"{what}: '{a.name}' is {describe(out[a.name])}, too large for a "
+                            "number (at most about 1.8e308)", spans[a.name]) from None
         except TypeError:
             raise UserError(f"{what}: '{a.name}' must be {_KIND_NAMES.get(a.kind, a.kind)}, "
                             f"got {describe(out[a.name])}", spans[a.name]) from None

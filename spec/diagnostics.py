@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -18,8 +19,16 @@ class SourceFile:
     text: str = field(repr=False)
 
     def line(self, lineno: int) -> str:
-        lines = self.text.splitlines()
+        lines = self.lines()
         return lines[lineno - 1] if 0 < lineno <= len(lines) else ""
+
+    @cached_property
+    def _lines(self) -> list[str]:
+        return self.text.splitlines()
+
+    def lines(self) -> list[str]:
+        """The text split into lines, once per file (not once per message or layer title)."""
+        return self._lines
 
 
 @dataclass(frozen=True)
@@ -80,12 +89,33 @@ def _render_one(kind: str, message: str, span: Span | None) -> str:
     width = 1
     if span.end_line == span.line and span.end_col and span.end_col > span.col:
         width = span.end_col - span.col
+    src, col, width = _window(src, span.col, width)
     gutter = f"{span.line:>4} | "
-    caret = " " * (len(gutter) - 2) + "| " + " " * (span.col - 1) + "^" + "~" * (width - 1)
+    caret = " " * (len(gutter) - 2) + "| " + " " * (col - 1) + "^" + "~" * (width - 1)
     return f"{head}\n{gutter}{src}\n{caret}"
+
+
+WINDOW = 100          # the most characters of a source line a diagnostic shows
+
+
+def _window(src: str, col: int, width: int) -> tuple[str, int, int]:
+    """A long line cut to WINDOW characters around the caret, with `...` where it was cut;
+    the caret's column and width within what is shown."""
+    if len(src) <= WINDOW:
+        return src, col, width
+    start = max(0, min(col - 1 - WINDOW // 3, len(src) - WINDOW))
+    end = start + WINDOW
+    shown = ("..." if start else "") + src[start:end] + ("..." if end < len(src) else "")
+    col = col - start + (3 if start else 0)
+    return shown, col, max(1, min(width, WINDOW - (col - 1)))
 
 
 def did_you_mean(name: str, candidates) -> str | None:
     """A 'did you mean' hint for the closest candidate, or None."""
     match = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'?" if match else None
+
+
+def located(e: Exception, fallback: Span | None = None, hint: str | None = None) -> UserError:
+    """A compiler `ShapeError` (which carries the `loc` of the node it stopped) as a UserError."""
+    return UserError(str(e), getattr(e, "loc", None) or fallback, hint=hint)

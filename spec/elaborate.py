@@ -8,9 +8,11 @@ applied, so `conv(in.c * 2, 3)` sees the tensor flowing into it.
 """
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..compiler import limits
 from ..compiler.ir import Graph, StateSpec, TensorType
 from ..compiler.ops import Builder, ShapeError
 from ..compiler.ops import layer as layer_op
@@ -18,6 +20,7 @@ from ..compiler.ops import layer_names
 from . import ast
 from .bind import bind, describe
 from .diagnostics import Note, Span, UserError, did_you_mean
+from .expansion import check_expansion
 from .forms import GraphForms
 from .values import Step, Tensor
 
@@ -70,9 +73,66 @@ class Elaborator(GraphForms):
         self.namers: dict[str, Namer] = {}
         self.block_stack: list[str] = []
         self.used_names: set[str] = set()
+        self.steps = 0                       # elaboration work done, bounded by MAX_STEPS
+        self.n_params = 0                    # parameters and buffers made so far
+        self.n_activations = 0               # activation elements per example so far
+
+    # -- limits (compiler/limits.py) --------------------------------------------------------------
+    def tick(self, span: Span) -> None:
+        """Count one step of elaboration; stop a spec that expands past the limits."""
+        self.steps += 1
+        if self.steps > limits.MAX_STEPS:
+            raise UserError(f"this spec expands too far: more than {limits.MAX_STEPS:,} layers "
+                            "and repetitions were elaborated", span,
+                            hint="look for large repetition counts, or blocks that each call "
+                                 "the block before them several times")
+        if self.graph is not None and len(self.graph.nodes) > limits.MAX_NODES:
+            raise UserError(f"this model expands to more than {limits.MAX_NODES:,} layers", span,
+                            hint="look for large repetition counts, or blocks that each call "
+                                 "the block before them several times")
+
+    def check_count(self, n: int, span: Span, what: str, most: int) -> None:
+        if n > most:
+            raise UserError(f"{what} of {limits.fmt_int(n)} is more than the limit of "
+                            f"{most:,}", span, hint="a spec must expand to a graph of a "
+                            f"reasonable size (at most {limits.MAX_NODES:,} layers)")
+
+    def check_type(self, t: TensorType, span: Span, what: str) -> None:
+        """Every dimension and the per-example size of a tensor within the limits."""
+        for d in t.shape:
+            if isinstance(d, int) and d > limits.MAX_DIM:
+                raise UserError(f"{what} has a dimension of {limits.fmt_int(d)}, more than the "
+                                f"limit of {limits.MAX_DIM:,}", span,
+                                hint="is a size or a scale factor much larger than intended?")
+        n = t.per_sample()
+        if n is not None and n > limits.MAX_ELEMENTS:
+            raise UserError(f"{what} has {limits.fmt_int(n)} elements per example, more than "
+                            f"the limit of {limits.MAX_ELEMENTS:,}", span,
+                            hint="is a size or a scale factor much larger than intended?")
+
+    def account(self, outs: list[TensorType], state: list, span: Span, what: str) -> None:
+        """Check a new node's output types and state, and the model's running totals."""
+        for t in outs:
+            self.check_type(t, span, f"the output of {what}")
+            self.n_activations += t.per_sample() or 0
+        for st in state:
+            n = TensorType(tuple(st.shape)).numel()
+            if n > limits.MAX_ELEMENTS:
+                raise UserError(f"{what} would have a parameter '{st.name}' of "
+                                f"{limits.fmt_int(n)} values, more than the limit of "
+                                f"{limits.MAX_ELEMENTS:,}", span)
+            self.n_params += n
+        if self.n_params > limits.MAX_PARAMS:
+            raise UserError(f"the model has more than {limits.MAX_PARAMS:,} parameters by "
+                            f"{what}", span, hint="is a size much larger than intended?")
+        if self.n_activations > limits.MAX_ACTIVATIONS:
+            raise UserError(f"the model has more than {limits.MAX_ACTIVATIONS:,} activation "
+                            f"values per example by {what}", span,
+                            hint="is a size much larger than intended?")
 
     # -- entry point ----------------------------------------------------------------------------
     def build(self, model: ast.BlockDef, overrides: dict[str, tuple[Any, Span]]) -> Graph:
+        check_expansion(model, self.blocks)
         self.graph = Graph(model.name)
         env = Env()
         known = {p.name for p in model.params}
@@ -106,6 +166,7 @@ class Elaborator(GraphForms):
                  outputs: list | None = None) -> Tensor | None:
         env = env.child(x)
         for stmt in body:
+            self.tick(stmt.span)
             if isinstance(stmt, ast.Input):
                 if not top:
                     raise UserError("`input` may only appear in a model, not in a block", stmt.span)
@@ -144,8 +205,13 @@ class Elaborator(GraphForms):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise UserError(f"input dimensions must be positive whole numbers or size names, "
                                 f"got {describe(v)}", d.span)
+            if v > limits.MAX_DIM:
+                raise UserError(f"an input dimension of {limits.fmt_int(v)} is more than the "
+                                f"limit of {limits.MAX_DIM:,}", d.span)
             dims.append(v)
+        self.check_type(TensorType(("N", *dims)), stmt.type_span, f"the input {stmt.name}")
         v = self.graph.add_input(stmt.name, TensorType(("N", *dims)))
+        self.graph.input_locs[stmt.name] = stmt.span
         return Tensor(v, stmt.span, f"the input {stmt.name}")
 
     def lookup_tensor(self, name: str, span: Span, env: Env) -> Tensor:
@@ -201,7 +267,7 @@ class Elaborator(GraphForms):
             raise UserError(f"{node.id} needs a count and a body: {node.id}(4) {{ ... }}", node.span)
         candidates = env.names() + list(self.blocks) + layer_names()
         raise UserError(f"unknown layer or value '{node.id}'", node.span,
-                        hint=did_you_mean(node.id, candidates))
+                        hint=did_you_mean(node.id, candidates) or _import_hint(node.id))
 
     def eval_Attr(self, node, env):
         obj = self.eval(node.obj, env)
@@ -257,29 +323,29 @@ class Elaborator(GraphForms):
             raise UserError(f"cannot apply '{node.op}' to {describe(a)} and {describe(b)}",
                             node.span)
         try:
-            if node.op == "+":
-                return a + b
-            if node.op == "-":
-                return a - b
-            if node.op == "*":
-                return a * b
-            if node.op == "/":
-                return a / b
-            if node.op == "//":
-                return a // b
-            if node.op == "%":
-                return a % b
-            return {"<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[node.op]
+            return self.arith(node, a, b)
         except ZeroDivisionError:
             raise UserError("division by zero", node.span) from None
+        except OverflowError:
+            raise UserError(f"the result of '{node.op}' is too large for a number", node.span,
+                            hint="numbers in a spec must stay below about 1e308") from None
+
+    def arith(self, node, a, b):
+        if isinstance(a, int) and isinstance(b, int) and node.op == "*" and \
+                a.bit_length() + b.bit_length() > limits.MAX_INT_BITS:
+            raise UserError(f"the result of '*' has more than {limits.MAX_INT_DIGITS:,} digits",
+                            node.span)
+        return _ARITH[node.op](a, b)
 
     def repeat(self, step: Step, n, node) -> Step:
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise UserError(f"a layer can be repeated a whole number of times (0 or more), "
                             f"got {describe(n)}", node.right.span)
+        self.check_count(n, node.right.span, "a repetition count", limits.MAX_REPEAT)
 
         def apply(x: Tensor) -> Tensor:
             for _ in range(n):
+                self.tick(node.span)
                 x = step.apply(x)
             return x
         return Step(f"{step.name} * {n}", node.span, apply)
@@ -342,7 +408,8 @@ class Elaborator(GraphForms):
             except KeyError:
                 pass
             raise UserError(f"unknown layer '{node.name}'", node.name_span,
-                            hint=did_you_mean(node.name, list(self.blocks) + layer_names()))
+                            hint=did_you_mean(node.name, list(self.blocks) + layer_names())
+                            or _import_hint(node.name))
         title = _title(node)
         if any(_mentions_in(a.value) for a in node.args):
             return Step(title, node.span, lambda x: self.apply_call(node, env, x, None))
@@ -380,10 +447,14 @@ class Elaborator(GraphForms):
                             f"{'s' if op.n_inputs != 1 else ''}, got {len(inputs)}", node.span)
         bound = bind(op.args, positional, keyword, node.name, node.span)
         in_types = [t.value.type for t in inputs]
+        title = _title(node)
         try:
             attrs = op.attrs(bound, in_types)
-            op.infer(in_types, attrs)
+            out_types = op.infer(in_types, attrs)
+            for t in out_types:                     # before state() makes any big number
+                self.check_type(t, node.span, f"the output of {title}")
             local_state = op.state(in_types, attrs)
+            self.account(out_types, local_state, node.span, title)
         except ShapeError as e:
             notes = [Note(f"the input {t.value.type} is {t.what}", t.origin) for t in inputs]
             msg = str(e) if str(e).startswith(node.name) else f"{node.name}: {e}"
@@ -400,7 +471,7 @@ class Elaborator(GraphForms):
                                                 st.trainable, st.kind)))
         b.scope = name or ".".join(self.scope)
         outs = b.emit(op.name, [t.value for t in inputs] + state_vals, attrs)
-        return Tensor(outs[0], node.span, f"the output of {_title(node)}")
+        return Tensor(outs[0], node.span, f"the output of {title}")
 
     def instance_name(self, kind: str, *, explicit: bool = False, span: Span | None = None) -> str:
         prefix = ".".join(self.scope)
@@ -463,6 +534,11 @@ class Elaborator(GraphForms):
         return Tensor(out.value, out.origin, out.what)
 
 
+_ARITH = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+          "//": operator.floordiv, "%": operator.mod, "<": operator.lt, "<=": operator.le,
+          ">": operator.gt, ">=": operator.ge}
+
+
 def _explicit_name(keyword: dict) -> str | None:
     """Pop and check a `name="..."` argument."""
     if "name" not in keyword:
@@ -488,7 +564,16 @@ def _mentions_in(node: ast.Node) -> bool:
 
 
 def _title(node: ast.Call) -> str:
-    text = node.span.source.text.splitlines()[node.span.line - 1] if node.span.line else ""
-    if node.span.end_line == node.span.line and node.span.end_col:
-        return text[node.span.col - 1:node.span.end_col - 1]
+    """The call as written (`conv(64, 3)`), or its name when it spans several lines."""
+    sp = node.span
+    if sp.line and sp.end_line == sp.line and sp.end_col:
+        return sp.source.line(sp.line)[sp.col - 1:sp.end_col - 1]
     return node.name
+
+
+def _import_hint(name: str) -> str | None:
+    """For an unknown capitalised name (blocks are named so): it may live in another file."""
+    if name[:1].isupper():
+        return (f"if {name} is a block defined in another file, import it: "
+                'import "blocks/file.dls"')
+    return None

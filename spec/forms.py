@@ -13,6 +13,7 @@ from . import ast
 from .bind import describe
 from .diagnostics import Note, Span, UserError
 from .values import Step, Tensor
+from ..compiler import limits
 from ..compiler.ops import Builder
 
 if TYPE_CHECKING:
@@ -35,11 +36,14 @@ class GraphForms:
             if isinstance(n, bool) or not isinstance(n, int) or n < least:
                 raise UserError(f"{node.name} needs a whole count of at least {least}, got "
                                 f"{describe(n)}", arg.span)
+            most = limits.MAX_REPEAT if node.name == "repeat" else limits.MAX_DENSE
+            self.check_count(n, arg.span, f"a {node.name} count", most)
             return n
 
         if node.name == "repeat":
             def apply_repeat(x: Tensor) -> Tensor:
                 for _ in range(count(x)):
+                    self.tick(node.span)
                     x = self.run_body(node.body, env, x)
                 return x
             return Step("repeat", node.span, apply_repeat)
@@ -48,30 +52,38 @@ class GraphForms:
             n = count(x)
             name = self.instance_name("dense", span=node.span)
             saved = self.scope
-            feats = [x]
+            joined = x                      # the block's input and every layer's output so far
             try:
                 for i in range(1, n + 1):
+                    self.tick(node.span)
                     self.scope = [*name.split("."), f"layer{i}"]
-                    inp = feats[0] if len(feats) == 1 else self.concat(feats, node.span)
-                    feats.append(self.run_body(node.body, env, inp))
+                    out = self.run_body(node.body, env, joined)
+                    self.scope = [*name.split("."), f"layer{i + 1}"] if i < n else saved
+                    joined = self.concat([joined, out], node.span, i)
             finally:
                 self.scope = saved
-            return self.concat(feats, node.span)
+            return joined
         return Step("dense", node.span, apply_dense)
 
-    def concat(self, parts: list[Tensor], span: Span, what: str = "dense layer") -> Tensor:
-        self.check_concat(parts, span, what)
+    def concat(self, parts: list[Tensor], span: Span, layer: int) -> Tensor:
+        """Dense layer `layer`'s output joined to everything before it: one two-input concat
+        per layer, so the graph (and its backward) grows linearly with the layer count."""
+        self.check_concat(parts, span, "", [f"the dense block's input and layers before {layer}",
+                                            f"dense layer {layer}"])
         b = Builder(self.graph, loc=span, scope=".".join(self.scope))
         v = b.emit1("concat", [p.value for p in parts], {"axis": 1})
+        self.account([v.type], [], span, "a concatenation")
         return Tensor(v, span, "a concatenation")
 
-    def check_concat(self, parts: list[Tensor], span: Span, what: str) -> None:
+    def check_concat(self, parts: list[Tensor], span: Span, what: str,
+                     labels: list[str] | None = None) -> None:
         ref = parts[0].value.type
+        labels = labels or [f"{what} {i + 1}" for i in range(len(parts))]
         for p in parts[1:]:
             t = p.value.type
             if t.rank != ref.rank or t.shape[2:] != ref.shape[2:]:
-                notes = [Note(f"{what} {i + 1} gives {q.value.type}, {q.what}", q.origin)
-                         for i, q in enumerate(parts)]
+                notes = [Note(f"{label} gives {q.value.type}, {q.what}", q.origin)
+                         for label, q in zip(labels, parts)]
                 raise UserError("cannot concatenate tensors whose sizes differ outside the "
                                 f"channel dimension: {ref} and {t}", span, notes=notes)
 
@@ -118,5 +130,6 @@ class GraphForms:
                                out.what))
         self.check_concat(outs, node.span, "branch")
         b = Builder(self.graph, loc=node.span, scope=".".join(self.scope))
-        return Tensor(b.emit1("concat", [t.value for t in outs], {"axis": 1}), node.span,
-                      "the output of a concat")
+        v = b.emit1("concat", [t.value for t in outs], {"axis": 1})
+        self.account([v.type], [], node.span, "a concat")
+        return Tensor(v, node.span, "the output of a concat")

@@ -32,6 +32,21 @@ def read_source(path: str | Path, span: Span | None = None) -> str:
                     hint="a .dls spec is UTF-8 text; is this the right file?")
 
 
+_PARSED: dict[tuple[str, str], ast.Module] = {}
+
+
+def parse_cached(text: str, path: str) -> ast.Module:
+    """`parse`, once per (path, text): `dlc check` loads a spec more than once, and a big spec
+    takes a while to parse.  The AST is not modified after parsing, so sharing it is safe."""
+    key = (path, text)
+    module = _PARSED.get(key)
+    if module is None:
+        if len(_PARSED) >= 16:
+            _PARSED.clear()
+        module = _PARSED[key] = parse(text, path)
+    return module
+
+
 def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
                 span: Span | None = None) -> tuple[ast.Module, dict[str, ast.BlockDef]]:
     """Parse `path` and, recursively, its imports. Returns the module and every block it sees."""
@@ -39,7 +54,7 @@ def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
     if p in _stack:
         cycle = " -> ".join(q.name for q in (*_stack, p))
         raise UserError(f"import cycle: {cycle}", span)
-    module = parse(read_source(path, span), str(path))
+    module = parse_cached(read_source(path, span), str(path))
     blocks: dict[str, ast.BlockDef] = {}
     for imp in module.imports:
         target = (Path(path).parent / imp.path)
@@ -48,7 +63,26 @@ def load_module(path: str | Path, _stack: tuple[Path, ...] = (),
             _define(blocks, b)
     for b in module.blocks:
         _define(blocks, b)
+    _check_names(module)
     return module, blocks
+
+
+def _check_names(module: ast.Module) -> None:
+    """Two models of one name, or two parameters of one name in a block or model."""
+    from .diagnostics import Note
+    seen: dict[str, ast.BlockDef] = {}
+    for m in module.models:
+        if m.name in seen:
+            raise UserError(f"model '{m.name}' is defined twice", m.span,
+                            notes=[Note("first defined here", seen[m.name].span)])
+        seen[m.name] = m
+    for d in (*module.blocks, *module.models):
+        params: dict[str, ast.Param] = {}
+        for prm in d.params:
+            if prm.name in params:
+                raise UserError(f"{d.kind} {d.name} has two parameters named '{prm.name}'",
+                                prm.span, notes=[Note("the first is here", params[prm.name].span)])
+            params[prm.name] = prm
 
 
 def _define(blocks: dict[str, ast.BlockDef], b: ast.BlockDef) -> None:

@@ -1,6 +1,7 @@
 """Parse `.dls` text into the AST, turning every syntax error into a located `UserError`."""
 from __future__ import annotations
 
+import math
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -9,6 +10,7 @@ import lark
 from lark import Token, Transformer, v_args
 
 from . import ast
+from ..compiler.limits import MAX_INT_DIGITS
 from .diagnostics import SourceFile, Span, UserError
 
 MAX_NESTING = 64
@@ -132,15 +134,18 @@ def _check_depth(src: SourceFile, tree: lark.Tree) -> None:
         node, depth = stack.pop()
         if not isinstance(node, lark.Tree):
             continue
-        meta = node.meta
-        where = Span(src, meta.line, meta.column) if not meta.empty else Span(src, 1, 1)
         if depth > MAX_TREE_DEPTH:
             raise UserError(f"this expression nests too deeply (more than {MAX_TREE_DEPTH} levels)",
-                            where, hint="split it up, or use named values and blocks")
+                            _where(src, node), hint="split it up, or use named values and blocks")
         if node.data in ("arith", "or_", "and_") and len(node.children) > MAX_OPERANDS:
             raise UserError(f"this expression is too long (more than {MAX_OPERANDS} operands)",
-                            where)
+                            _where(src, node))
         stack.extend((c, depth + 1) for c in node.children)
+
+
+def _where(src: SourceFile, node: lark.Tree) -> Span:
+    meta = node.meta
+    return Span(src, meta.line, meta.column) if not meta.empty else Span(src, 1, 1)
 
 
 def parse_expr(text: str, src: SourceFile, offset: int = 0) -> ast.Node:
@@ -148,8 +153,12 @@ def parse_expr(text: str, src: SourceFile, offset: int = 0) -> ast.Node:
     try:
         module = parse(f"train {{\n_ {text}\n}}\n", src.path)
     except UserError as e:
-        col = e.span.col + offset - 2 if e.span is not None and e.span.line == 2 else len(src.text) + 1
-        raise UserError(e.message, Span(src, 1, max(1, col)), hint=e.hint) from None
+        if e.span is not None and e.span.line == 2:
+            raise UserError(e.message, Span(src, 1, max(1, e.span.col + offset - 2)),
+                            hint=e.hint) from None
+        # past the value's end: the wrapper's own `}` is not what the user typed
+        raise UserError("the value ends too early", Span(src, 1, len(src.text) + 1),
+                        hint=e.hint) from None
     if len(module.trains[0].settings) != 1:
         raise UserError("a --set value must be one expression on one line", Span(src, 1, offset + 1))
     value = module.trains[0].settings[0].value
@@ -427,10 +436,18 @@ class _ToAst(Transformer):
         return ast.In(self.sp(meta))
 
     def int_(self, meta, c):
-        return ast.Literal(_tok_span(self.src, c[0]), int(str(c[0]).replace("_", "")))
+        digits = str(c[0]).replace("_", "").lstrip("0") or "0"
+        if len(digits) > MAX_INT_DIGITS:
+            raise UserError(f"this integer has {len(digits):,} digits; numbers in a spec have at "
+                            f"most {MAX_INT_DIGITS:,}", _tok_span(self.src, c[0]))
+        return ast.Literal(_tok_span(self.src, c[0]), int(digits))
 
     def float_(self, meta, c):
-        return ast.Literal(_tok_span(self.src, c[0]), float(str(c[0]).replace("_", "")))
+        value = float(str(c[0]).replace("_", ""))
+        if math.isinf(value):
+            raise UserError(f"the number {_short(str(c[0]))} is too large: a float is at most "
+                            "about 1.8e308", _tok_span(self.src, c[0]))
+        return ast.Literal(_tok_span(self.src, c[0]), value)
 
     def string(self, meta, c):
         return ast.Literal(_tok_span(self.src, c[0]), _unquote(c[0]))
@@ -440,6 +457,10 @@ class _ToAst(Transformer):
 
     def false(self, meta, c):
         return ast.Literal(self.sp(meta), False)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
 
 
 def _unquote(tok) -> str:

@@ -1,15 +1,16 @@
 """The `train { }` section: evaluate settings into a checked `TrainConfig`."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..compiler.config import Call, TrainConfig
 from ..compiler.ops import get as get_op
-from ..compiler.optimizers import OPTIMIZERS, check_optimizer_args
+from ..compiler.optimizers import CLIPS, MATCH_NAMES, OPTIMIZERS, check_optimizer_args
 from ..compiler.ops.registry import Arg
 from ..runtime.augment import AUGMENTS, LABEL_MIXERS, check_augment
-from ..runtime.data import DATASOURCES
-from ..runtime.schedules import SCHEDULES
+from ..runtime.data import DATASOURCES, check_data_args
+from ..runtime.schedules import SCHEDULES, check_schedule_args
 from . import ast
 from .bind import bind, describe
 from .diagnostics import Note, Span, UserError, did_you_mean
@@ -22,6 +23,15 @@ PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)
 EARLY_STOPPING = (Arg("monitor", "val_loss", kind="name"), Arg("patience", 5, kind="int"),
                   Arg("min_delta", 0.0, kind="float"))
+# several models from one spec (runtime/ensemble.py); one of them per train section
+ENSEMBLES = {
+    "kfold": (Arg("k", 5, kind="int", doc="number of folds, at least 2"),
+              Arg("stratify", True, kind="bool", doc="every fold keeps the class proportions")),
+    "bagging": (Arg("n", 5, kind="int", doc="members, each on a bootstrap resample"),
+                Arg("combine", "mean", kind="name", doc="mean (probabilities) or vote"),
+                Arg("fraction", 1.0, kind="float", doc="resample size / training split size")),
+    "boosting": (Arg("n", 10, kind="int", doc="rounds of SAMME, at most one member each"),),
+}
 
 # key -> (kind, table of named choices or None, what to write)
 SETTINGS: dict[str, tuple[str, dict | None, str]] = {
@@ -39,8 +49,15 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "weight_noise": ("weight_noise", None, "weight_noise 0.01   (or weight_noise(std=0.01))"),
     "shuffle": ("bool", None, "shuffle false"),
     "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
+    "clip": ("call", CLIPS, "clip norm(1.0)   (or value(0.5))"),
+    "params": ("group", None, 'params("*.bias", weight_decay=0)'),
+    "kfold": ("ensemble", ENSEMBLES, "kfold(5)"),
+    "bagging": ("ensemble", ENSEMBLES, "bagging(5, combine=vote)"),
+    "boosting": ("ensemble", ENSEMBLES, "boosting(10)"),
 }
+REPEATABLE = ("params",)
 PRECISIONS = ("f32", "bf16")
+SWITCHABLE = ("early_stopping", "penalty")      # settings `off` removes
 
 
 class _ConfigValue:
@@ -94,11 +111,30 @@ def _as_call(value: Any, key: str, span: Span, table: dict) -> Call:
         raise UserError(f"unknown {key} '{value.name}'", value.span,
                         hint=did_you_mean(value.name, table) or
                         f"choose one of: {', '.join(sorted(table))}")
+    kinds = {a.name: a.kind for a in table[value.name]}
+    named = lambda k, v: v.name if isinstance(v, Symbol) and kinds.get(k) == "name" else v  # noqa
+    value.keyword = {k: (named(k, v), s) for k, (v, s) in value.keyword.items()}
+    value.positional = [(named(a.name, v), s) for (v, s), a in
+                        zip(value.positional, table[value.name])] + value.positional[
+                            len(table[value.name]):]
     args = bind(table[value.name], value.positional, value.keyword, value.name, value.span)
     arg_spans = {k: s for k, (_, s) in value.keyword.items()}
     for (_, s), a in zip(value.positional, table[value.name]):
         arg_spans[a.name] = s
     return Call(value.name, args, value.span, arg_spans)
+
+
+def _check_values(key: str, call: Call) -> None:
+    """Values the runtime could not use, reported where the train section says them."""
+    problem = None
+    if key == "loss":
+        text = get_op(call.name).check(call.args)
+        problem = (text, "label_smoothing") if text else None
+    elif key == "data":
+        problem = check_data_args(call)
+    if problem:
+        text, arg = problem
+        raise UserError(f"{key} {call.name}: {text}", call.arg_spans.get(arg, call.span))
 
 
 def _int(value, key, span, minimum=None) -> int:
@@ -115,6 +151,10 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         raise UserError(f"unknown train setting '{key}'", key_span,
                         hint=did_you_mean(key, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
     kind, table, example = SETTINGS[key]
+    if key in SWITCHABLE and isinstance(expr, ast.Name) and expr.id == "off":
+        setattr(cfg, key, None)                    # `--set train.penalty=off`
+        cfg.spans[key] = key_span
+        return
     if expr is None and kind == "bool":
         setattr(cfg, key, True)
         cfg.spans[key] = key_span
@@ -123,17 +163,30 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         cfg.augment = _augment_chain(expr)
         cfg.spans[key] = key_span
         return
-    if expr is None and kind != "early":
+    if expr is None and kind not in ("early", "ensemble"):
         raise UserError(f"'{key}' needs a value", key_span, hint=f"for example: {example}")
     value = _ConfigEval().eval(expr, None) if expr is not None else None
+    apply_setting_value(cfg, key, key_span, value, value_span)
+
+
+def apply_setting_value(cfg: TrainConfig, key: str, key_span: Span, value,
+                        value_span: Span) -> None:
+    """Check and set one train setting from its evaluated value."""
+    kind, table, example = SETTINGS[key]
     if kind == "call":
         call = _as_call(value, key, value_span, table)
         if key == "optimizer":
             problem = check_optimizer_args(call)
             if problem:
                 raise UserError(f"optimizer {call.name}: {problem}", call.span)
-        if key == "penalty" and call.args["strength"] < 0:
-            raise UserError("a penalty's strength must not be negative",
+        if key == "schedule" and check_schedule_args(call):
+            arg, problem = check_schedule_args(call)
+            raise UserError(f"schedule {call.name}: {problem}", call.arg_spans.get(arg, call.span))
+        if key == "clip" and next(iter(call.args.values())) <= 0:
+            raise UserError(f"clip {call.name}: the limit must be positive", call.span)
+        _check_values(key, call)
+        if key == "penalty" and not 0 <= call.args["strength"] < math.inf:
+            raise UserError("a penalty's strength must not be negative, and must be finite",
                             call.arg_spans.get("strength", call.span))
         setattr(cfg, key, call)
     elif kind == "batch":
@@ -141,6 +194,8 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
             cfg.batch = "full"
         else:
             cfg.batch = _int(value, "batch", value_span, 1)
+    elif kind == "group":
+        cfg.param_groups.append(_param_group(value, value_span, example))
     elif kind == "precision":
         name = value.name if isinstance(value, Symbol) else None
         if name not in PRECISIONS:
@@ -174,9 +229,14 @@ def apply_setting(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node | N
         if call.args["monitor"] not in ("val_loss", "val_acc"):
             raise UserError(f"early_stopping can monitor val_loss or val_acc, not "
                             f"'{call.args['monitor']}'", call.arg_spans.get("monitor", call.span))
+        if not 0 <= call.args["min_delta"] < math.inf:
+            raise UserError("min_delta must be a number >= 0",
+                            call.arg_spans.get("min_delta", call.span))
         if call.args["patience"] < 1:
             raise UserError("patience must be at least 1", call.arg_spans.get("patience"))
         cfg.early_stopping = call
+    elif kind == "ensemble":
+        cfg.ensemble = _ensemble(cfg, key, key_span, value, value_span)
     cfg.spans[key] = key_span
 
 
@@ -202,15 +262,144 @@ def _augment_chain(expr: ast.Node) -> list[Call]:
 def _weight_noise(value, span: Span, example: str) -> Call:
     """`weight_noise 0.01` or `weight_noise(std=0.01)`."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = _ConfigValue("weight_noise", span, [(float(value), span)], {})
+        value = _ConfigValue("weight_noise", span, [(value, span)], {})
     if not isinstance(value, _ConfigValue) or value.name not in ("", "weight_noise"):
         raise UserError(f"weight_noise takes a standard deviation, got {describe(value)}", span,
                         hint=f"for example: {example}")
     value.name = "weight_noise"
     call = _as_call(value, "weight_noise", span, {"weight_noise": WEIGHT_NOISE})
-    if call.args["std"] < 0:
-        raise UserError("weight_noise: std must not be negative",
+    if not 0 <= call.args["std"] < math.inf:
+        raise UserError("weight_noise: std must not be negative, and must be finite",
                         call.arg_spans.get("std", call.span))
+    return call
+
+
+def apply_argument(cfg: TrainConfig, key: str, key_span: Span, expr: ast.Node) -> None:
+    """`--set train.optimizer.lr=0.1`: one argument of a setting that is a call, the
+    others kept as they were."""
+    setting, _, arg = key.partition(".")
+    if setting not in SETTINGS:
+        raise UserError(f"unknown train setting '{setting}'", key_span,
+                        hint=did_you_mean(setting, SETTINGS) or f"settings: {', '.join(SETTINGS)}")
+    call = getattr(cfg, setting)
+    kind, table, _ = SETTINGS[setting]
+    if kind not in ("call", "early") or call is None or "." in arg:
+        raise UserError(f"'{setting}' has no argument '{arg}' to set"
+                        + (" (it is off)" if call is None and kind != "posint" else ""),
+                        key_span, hint=f"set the whole setting: --set train.{setting}=...")
+    keyword = {k: (_as_config(v), call.arg_spans.get(k, call.span)) for k, v in call.args.items()}
+    keyword[arg] = (_ConfigEval().eval(expr, None), key_span)
+    value = _ConfigValue(call.name, call.span, [], keyword)
+    saved_span = cfg.spans.get(setting)
+    apply_setting_value(cfg, setting, key_span, value, key_span)
+    if saved_span is not None:
+        cfg.spans[setting] = saved_span
+
+
+def _as_config(v):
+    """A bound argument value as the train section's evaluator would give it."""
+    return Symbol(v) if isinstance(v, str) and v in ("val_loss", "val_acc") else v
+
+
+def _param_group(value, span: Span, example: str) -> Call:
+    """`params(PATTERN, setting=value, ...)`, unchecked against the optimizer yet: a Call
+    named `params` holding `match` and the settings written."""
+    if isinstance(value, (str, list, Symbol)):            # `params("*.bias")`: a pattern alone
+        value = _ConfigValue("params", span, [(value, span)], {})
+    if not isinstance(value, _ConfigValue) or value.name not in ("", "params"):
+        raise UserError(f"params takes a pattern and settings, got {describe(value)}", span,
+                        hint=f"for example: {example}")
+    kw = dict(value.keyword)
+    if len(value.positional) > 1:
+        raise UserError("params takes one pattern (a list for several) before its settings",
+                        value.positional[1][1])
+    if value.positional:
+        if "match" in kw:
+            raise UserError("the pattern is given twice (positionally and as match=)",
+                            kw["match"][1])
+        kw["match"] = value.positional[0]
+    if "match" not in kw:
+        raise UserError("params needs a pattern: which parameters the settings are for", span,
+                        hint=f"for example: {example}")
+    m, mspan = kw["match"]
+    items = m if isinstance(m, list) else [m]
+    pats = [i.name if isinstance(i, Symbol) else i for i in items]
+    for p in pats:
+        if not isinstance(p, str):
+            raise UserError(f"a params pattern is a string such as \"*.bias\" or one of "
+                            f"biases, norms; got {describe(p)}", mspan)
+        if "*" not in p and "?" not in p and "[" not in p and "." not in p and \
+                p not in MATCH_NAMES:
+            raise UserError(f"unknown parameter set '{p}'", mspan,
+                            hint=did_you_mean(p, MATCH_NAMES) or
+                            'write a name pattern in quotes ("block3.*"), or biases, norms')
+    kw["match"] = (pats if isinstance(m, list) else pats[0], mspan)
+    if len(kw) == 1:
+        raise UserError("params sets nothing for its parameters", span,
+                        hint=f"for example: {example}")
+    return Call("params", {k: v for k, (v, _) in kw.items()}, span,
+                {k: s for k, (_, s) in kw.items()})
+
+
+def _check_param_groups(cfg: TrainConfig) -> None:
+    """Each group's settings are the optimizer's own arguments, of the right kinds."""
+    opt = cfg.optimizer
+    sig = OPTIMIZERS[opt.name]
+    for group in cfg.param_groups:
+        given = {k: (v, group.arg_spans.get(k)) for k, v in group.args.items() if k != "match"}
+        for k, (_, sp) in given.items():
+            if k not in {a.name for a in sig}:
+                raise UserError(f"'{k}' is not a setting of optimizer {opt.name}", sp,
+                                hint=did_you_mean(k, [a.name for a in sig]) or
+                                f"{opt.name} takes: {', '.join(a.name for a in sig)}")
+        merged = bind(sig, [], {**{k: (v, opt.arg_spans.get(k)) for k, v in opt.args.items()},
+                                **given}, opt.name, group.span)
+        problem = check_optimizer_args(Call(opt.name, merged))
+        if problem:
+            raise UserError(f"params: {problem}", group.span)
+        group.args.update({k: merged[k] for k in given})
+
+
+def check_param_groups(cfg: TrainConfig, graph) -> None:
+    """Every pattern of every `params` group matches at least one trainable parameter."""
+    from ..compiler.optimizers import group_members
+    names = [v.state.name for v in graph.state.values() if v.state.trainable]
+    for group in cfg.param_groups:
+        for pat, members in group_members(graph, group).items():
+            if not members:
+                raise UserError(f"params pattern '{pat}' matches no parameter of "
+                                f"{graph.name}", group.arg_spans.get("match", group.span),
+                                hint=did_you_mean(pat, names) or
+                                f"parameters: {', '.join(names[:6])}"
+                                f"{', ...' if len(names) > 6 else ''}")
+
+
+def _ensemble(cfg: TrainConfig, key: str, key_span: Span, value, value_span: Span) -> Call:
+    """`kfold(5)`, `kfold 5`, `bagging(8, combine=vote)`, `boosting` (the defaults)."""
+    if cfg.ensemble is not None and cfg.ensemble.name != key:
+        raise UserError(f"{key} cannot be combined with {cfg.ensemble.name}: a train section "
+                        "makes one kind of ensemble", key_span,
+                        notes=[Note(f"{cfg.ensemble.name} is set here", cfg.spans[cfg.ensemble.name])])
+    if value is None:
+        value = _ConfigValue(key, key_span, [], {})
+    elif not (isinstance(value, _ConfigValue) and value.name == ""):
+        value = _ConfigValue(key, value_span, [(value, value_span)], {})
+    value.name = key
+    for k, (v, s) in list(value.keyword.items()):
+        if isinstance(v, Symbol):
+            value.keyword[k] = (v.name, s)
+    call = _as_call(value, key, value_span, ENSEMBLES)
+    a, where = call.args, lambda arg: call.arg_spans.get(arg, call.span)
+    if key == "kfold" and a["k"] < 2:
+        raise UserError(f"kfold needs at least 2 folds, got {a['k']}", where("k"))
+    if key != "kfold" and a["n"] < 1:
+        raise UserError(f"{key} needs at least 1 member, got {a['n']}", where("n"))
+    if key == "bagging" and a["combine"] not in ("mean", "vote"):
+        raise UserError(f"bagging combines by mean or vote, not '{a['combine']}'",
+                        where("combine"), hint=did_you_mean(a["combine"], ("mean", "vote")))
+    if key == "bagging" and not a["fraction"] > 0:
+        raise UserError(f"a resample's fraction must be above 0, got {a['fraction']}",
+                        where("fraction"))
     return call
 
 
@@ -223,17 +412,32 @@ def resolve_train(trains: list[ast.TrainDef],
     seen: dict[str, Span] = {}
     for t in trains:
         for s in t.settings:
-            if s.key in seen:
+            if s.key in seen and s.key not in REPEATABLE:
                 raise UserError(f"'{s.key}' is set twice", s.key_span,
                                 notes=[Note("first set here", seen[s.key])])
             seen[s.key] = s.key_span
             apply_setting(cfg, s.key, s.key_span, s.value, s.value.span if s.value else s.span)
     for key, span, expr in overrides:
-        apply_setting(cfg, key, span, expr, expr.span)
+        if "." in key:
+            apply_argument(cfg, key, span, expr)
+        else:
+            apply_setting(cfg, key, span, expr, expr.span)
     for key in ("data", "loss", "optimizer", "schedule"):     # defaults get their defaults too
         call = getattr(cfg, key)
         table = SETTINGS[key][1]
         setattr(cfg, key, Call(call.name, bind(table[call.name], [], dict(
             (k, (v, call.arg_spans.get(k))) for k, v in call.args.items()), call.name, call.span),
             call.span, call.arg_spans))
+    _check_early_stopping_has_val(cfg)
+    _check_param_groups(cfg)
     return cfg
+
+
+def _check_early_stopping_has_val(cfg: TrainConfig) -> None:
+    """Early stopping monitors the validation split: data with val=0 has none."""
+    es = cfg.early_stopping
+    if es is not None and cfg.data.args.get("val", 1) == 0:
+        raise UserError(f"early stopping monitors {es.args['monitor']}, but the data has no "
+                        "validation split (val=0)", cfg.data.arg_spans.get("val", es.span),
+                        notes=[Note("early stopping is set here", es.span)],
+                        hint="set val > 0 in data, or remove early_stopping")

@@ -10,11 +10,10 @@ for weight and bias, fan_in = C/groups * kh * kw), so checkpoints load into nn.C
 """
 from __future__ import annotations
 
-import math
-
 from ._lazy import F, torch
 
 from ..ir import TensorType
+from ..limits import inv_sqrt
 from . import dims
 from .registry import Arg, LocalState, Op, ShapeError, register
 
@@ -132,7 +131,7 @@ class Conv2d(Op):
         _, c, _, _ = self._check(ins[0], attrs)
         kh, kw = attrs["kernel"]
         cin = c // attrs["groups"]
-        bound = 1.0 / math.sqrt(cin * kh * kw)
+        bound = inv_sqrt(cin * kh * kw)
         st = [LocalState("weight", (attrs["out"], cin, kh, kw), f"uniform({bound:.6g})")]
         if attrs["bias"]:
             st.append(LocalState("bias", (attrs["out"],), f"uniform({bound:.6g})"))

@@ -2,11 +2,10 @@
 matrix primitives their vector-Jacobian products are written in."""
 from __future__ import annotations
 
-import math
-
 from ._lazy import torch
 
 from ..ir import TensorType
+from ..limits import inv_sqrt
 from .registry import Arg, LocalState, Op, ShapeError, register
 
 
@@ -39,7 +38,7 @@ class Linear(Op):
 
     def state(self, ins, attrs):
         fan_in = _feature_dim(ins[0], "linear")
-        bound = 1.0 / math.sqrt(fan_in)
+        bound = inv_sqrt(fan_in)
         st = [LocalState("weight", (attrs["out"], fan_in), f"uniform({bound:.6g})")]
         if attrs["bias"]:
             st.append(LocalState("bias", (attrs["out"],), f"uniform({bound:.6g})"))
@@ -452,8 +451,11 @@ class Concat(Op):
                                          if i != axis):
                 raise ShapeError("concat needs equal sizes outside dimension "
                                  f"{axis}: {' and '.join(str(t) for t in ins)}")
-        size = sum(t.shape[axis] for t in ins)
-        return [TensorType(ref.shape[:axis] + (size,) + ref.shape[axis + 1:], ref.dtype)]
+        sizes = [t.shape[axis] for t in ins]
+        if not all(isinstance(d, int) for d in sizes):
+            raise ShapeError(f"concat along dimension {axis} needs static sizes there, got "
+                             f"{' and '.join(str(t) for t in ins)}")
+        return [TensorType(ref.shape[:axis] + (sum(sizes),) + ref.shape[axis + 1:], ref.dtype)]
 
     def forward(self, ins, attrs, ctx):
         return (torch.cat(ins, dim=attrs["axis"]),)
@@ -461,10 +463,10 @@ class Concat(Op):
     def vjp(self, b, node, gouts, needs):
         axis, start, grads = node.attrs["axis"], 0, []
         for v, need in zip(node.inputs, needs):
-            size = v.type.shape[axis]
+            stop = start + v.type.shape[axis]
             grads.append(b.emit1("slice", [gouts[0]], {"axis": axis, "start": start,
-                                                        "stop": start + size}) if need else None)
-            start += size
+                                                        "stop": stop}) if need else None)
+            start = stop
         return grads
 
 
@@ -477,8 +479,8 @@ class Slice(Op):
 
     def infer(self, ins, attrs):
         t, axis = ins[0], attrs["axis"]
-        return [TensorType(t.shape[:axis] + (attrs["stop"] - attrs["start"],) + t.shape[axis + 1:],
-                           t.dtype)]
+        size = attrs["stop"] - attrs["start"]
+        return [TensorType(t.shape[:axis] + (size,) + t.shape[axis + 1:], t.dtype)]
 
     def forward(self, ins, attrs, ctx):
         return (ins[0].narrow(attrs["axis"], attrs["start"], attrs["stop"] - attrs["start"]),)

@@ -19,6 +19,11 @@ class CrossEntropy(Op):
     args = (Arg("label_smoothing", 0.0, kind="float"),)
     doc = "Softmax cross-entropy of logits [N, C] against integer labels [N], averaged."
 
+    def check(self, attrs):
+        if not 0.0 <= attrs["label_smoothing"] < 1.0:
+            return f"label_smoothing must be in [0, 1), got {attrs['label_smoothing']}"
+        return None
+
     def infer(self, ins, attrs):
         logits, labels = ins
         if logits.rank != 2:
@@ -26,8 +31,9 @@ class CrossEntropy(Op):
                              "add `flatten` and a final `linear(classes)`")
         if labels.rank != 1 or labels.dtype != "i64":
             raise ShapeError(f"cross_entropy expects integer labels [N], got {labels}")
-        if not 0.0 <= attrs["label_smoothing"] < 1.0:
-            raise ShapeError(f"label_smoothing must be in [0, 1), got {attrs['label_smoothing']}")
+        problem = self.check(attrs)
+        if problem:
+            raise ShapeError(problem)
         return [SCALAR]
 
     def forward(self, ins, attrs, ctx):

@@ -18,6 +18,7 @@ from __future__ import annotations
 from ._lazy import F, torch
 
 from ..ir import TensorType
+from ..limits import MAX_WINDOW, fmt_int
 from .registry import Arg, LocalState, Op, ShapeError, register
 
 
@@ -250,8 +251,9 @@ class LocalResponseNorm(Op):
     def infer(self, ins, attrs):
         if ins[0].rank < 3:
             raise ShapeError(f"lrn expects [N, C, H, W], got {ins[0]}")
-        if attrs["size"] < 1:
-            raise ShapeError(f"lrn size must be at least 1, got {attrs['size']}")
+        if not 1 <= attrs["size"] <= MAX_WINDOW:
+            raise ShapeError(f"lrn size must be from 1 to {MAX_WINDOW:,}, got "
+                             f"{fmt_int(attrs['size'])}")
         return [ins[0]]
 
     def flops(self, ins, outs, attrs):

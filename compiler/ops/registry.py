@@ -22,7 +22,12 @@ REQUIRED = object()
 
 
 class ShapeError(Exception):
-    """An op cannot accept these input types; the message is shown to the user."""
+    """An op cannot accept these input types; the message is shown to the user.
+
+    `Builder.emit` sets `loc` to the span of the node being built, so whoever catches it
+    can report a located error (spec.diagnostics.UserError) instead of an internal one."""
+
+    loc = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,11 @@ class Op:
     def attrs(self, bound: dict[str, Any], in_types: list[TensorType]) -> dict[str, Any]:
         """Turn bound language arguments into node attributes (defaults filled in)."""
         return dict(bound)
+
+    def check(self, attrs: dict[str, Any]) -> str | None:
+        """What is wrong with these attribute values alone, or None.  The train section
+        calls it for its loss when it is read, so `dlc check` reports the value there."""
+        return None
 
     def infer(self, ins: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
         if self.like is None:
@@ -169,8 +179,13 @@ class Builder:
              *, loc=None, scope: str | None = None) -> list[Value]:
         attrs = dict(attrs or {})
         impl = _OPS[op]
-        out_types = impl.infer([v.type for v in inputs], attrs)
-        node = Node(op, list(inputs), attrs, loc=loc if loc is not None else self.loc,
+        loc = loc if loc is not None else self.loc
+        try:
+            out_types = impl.infer([v.type for v in inputs], attrs)
+        except ShapeError as e:
+            e.loc = e.loc or loc
+            raise
+        node = Node(op, list(inputs), attrs, loc=loc,
                     scope=self.scope if scope is None else scope)
         node.outputs = [Value(t, node, i) for i, t in enumerate(out_types)]
         self.graph.nodes.append(node)

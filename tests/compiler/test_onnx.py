@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -265,3 +266,37 @@ def test_symbolic_spatial_dims_stay_symbolic(tmp_path):
     for hw in [(5, 7), (9, 4)]:
         x = np.random.default_rng(0).normal(size=(2, 3, *hw)).astype(np.float32)
         assert_close(run_onnx(data, x)[0], model.predict(x))
+
+
+# -- ceil mode where PyTorch drops a last window that would start in the padding (issue 12) --
+
+@needs_ops("max_pool2d", "avg_pool2d")
+@pytest.mark.parametrize("pool", ["maxpool(2, stride=2, padding=1, ceil=true)",
+                                  "avgpool(2, stride=2, padding=1, ceil=true)",
+                                  "avgpool(2, stride=2, padding=1, ceil=true, "
+                                  "count_include_pad=false)",
+                                  "maxpool([2, 3], stride=[2, 3], padding=1, ceil=true)"])
+def test_ceil_pool_output_size_matches_pytorch(tmp_path, pool):
+    data = check_against_reference(write_spec(tmp_path, pool, "f32[2, 7, 7]"), (2, 2, 7, 7))
+    got = torch.nn.functional.max_pool2d(torch.zeros(1, 1, 7, 7), 2, 2, 1, ceil_mode=True)
+    assert got.shape[-1] == 4                        # the case: ONNX alone would give 5
+    onnx.checker.check_model(data, full_check=True)
+
+
+def test_ceil_pool_on_a_symbolic_size_is_refused_when_the_clamp_may_bite(tmp_path):
+    spec = dlc.compile_spec(write_spec(tmp_path, "maxpool(2, stride=2, padding=1, ceil=true) "
+                                       "-> global_avgpool -> flatten", "f32[2, H, W]"))
+    with pytest.raises(UserError) as info:
+        export_onnx(spec)
+    assert "ceil-mode" in info.value.message and info.value.span.line == 3
+
+
+def test_too_big_for_protobuf_is_refused_before_allocating(tmp_path):
+    import time
+    spec = dlc.compile_spec(write_spec(tmp_path, "flatten -> linear(100000) -> linear(10000)",
+                                       "f32[1, 8, 8]"))
+    t0 = time.process_time()
+    with pytest.raises(UserError) as info:
+        export_onnx(spec)
+    assert "more than one protobuf file can hold" in info.value.message
+    assert time.process_time() - t0 < 1.0

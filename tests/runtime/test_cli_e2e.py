@@ -42,7 +42,8 @@ def test_run_directory_contract(trained):
     assert [r["epoch"] for r in records] == list(range(1, 31))
     for r in records:
         assert {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"} <= set(r)
-        assert r["lr"] > 0 and r["seconds"] >= 0 and 0 <= r["val_acc"] <= 1
+        assert r["lr"] >= 0 and r["seconds"] >= 0 and 0 <= r["val_acc"] <= 1
+    assert records[0]["lr"] > 0 and records[-1]["lr"] == 0.0   # cosine ends at min_lr 0
     assert records[-1]["train_loss"] < records[0]["train_loss"]
     final = json.loads((trained / "final.json").read_text())
     assert {"test_loss", "test_acc", "epochs_run", "stopped"} <= set(final)
@@ -198,7 +199,7 @@ def test_csv_errors_are_user_errors(tmp_path, capsys):
         'train {\n    data csv(path="data.csv", label="label")\n}\n')
     code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
-    assert code == 2 and "data.csv:3: a value is not a number" in err
+    assert code == 2 and "data.csv:3: column 'b' holds 'x', which is not a number" in err
     (tmp_path / "m.dls").write_text(
         "model Tiny {\n    input x: f32[2]\n    linear(2)\n}\n"
         'train {\n    data csv(path="missing.csv")\n}\n')
@@ -256,3 +257,30 @@ def test_data_that_does_not_fit_the_input_names_the_default(tmp_path, capsys):
     code = main(["train", str(tmp_path / "m.dls"), "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "3072 values per example" in err and "no data, so digits" in err
+
+
+def test_a_new_run_never_mixes_with_the_previous_one(tmp_path, monkeypatch):
+    """Killed in its first epoch, a new run written over an old one (--overwrite) leaves no
+    file of the previous run beside its own run.yaml (issue 12): the folder holds one run's
+    files, the new one's."""
+    from dlc.runtime import loop
+    stale = {"final.json": '{"stopped": "completed", "epochs_run": 99}',
+             "checkpoint.safetensors": "old weights", "curves.svg": "<svg/>", "curves.png": "png",
+             "metrics.jsonl": '{"epoch": 1}\n', "run.yaml": "spec: old.dls\n"}
+    for name, text in stale.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "notes.txt").write_text("mine")            # not a run file: kept
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "_train_epoch", killed)
+    code = main(["train", str(MLP), "--out", str(tmp_path), "--quiet", "--overwrite",
+                 "--set", "train.epochs=2"])
+    assert code == 130
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+    assert not (tmp_path / "curves.svg").exists() and not (tmp_path / "curves.png").exists()
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert yaml.safe_load((tmp_path / "run.yaml").read_text())["spec"] == str(MLP)
+    assert json.loads((tmp_path / "final.json").read_text())["epochs_run"] == 0
+    assert (tmp_path / "notes.txt").read_text() == "mine"

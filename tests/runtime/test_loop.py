@@ -135,7 +135,7 @@ def test_progress_is_due_at_most_every_refresh_interval():
     now[0] = Progress.REFRESH_S
     assert bar.due()
     bar.step(1, 3, 0.5)
-    assert not bar.due() and "3/10 loss 0.5000" in bar.stream.getvalue()
+    assert not bar.due() and "step 3/10 loss 0.5000" in bar.stream.getvalue()
     quiet = Progress(1, 10, enabled=False, stream=_TTY(), clock=lambda: now[0])
     now[0] = 100.0
     assert not quiet.due()
@@ -148,9 +148,9 @@ def _count_read_backs(monkeypatch):
     calls = []
     real = loop._read_back
 
-    def counted(sums, epoch, step):
+    def counted(sums, epoch, step, seen):
         calls.append((epoch, step))
-        return real(sums, epoch, step)
+        return real(sums, epoch, step, seen)
 
     monkeypatch.setattr(loop, "_read_back", counted)
     return calls
@@ -197,15 +197,16 @@ def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, spy(name))
     real_read_back = loop._read_back
 
-    def read_back(sums, epoch, step_no):
+    def read_back(sums, epoch, step_no, seen):
         inside[0] = True
         try:
-            return real_read_back(sums, epoch, step_no)
+            return real_read_back(sums, epoch, step_no, seen)
         finally:
             inside[0] = False
 
     monkeypatch.setattr(loop, "_read_back", read_back)
-    stats = loop._train_epoch(step, batches, 1, spec.config,
+    schedule = loop.Schedule(spec.config.schedule, 0.1, spec.config.epochs, batches.steps)
+    stats = loop._train_epoch(step, batches, 1, schedule,
                               Progress(1, batches.steps, enabled=False))
     assert reads == []
     assert 0 < stats.loss < 10 and 0 <= stats.acc <= 1 and stats.lr == 0.1

@@ -154,7 +154,7 @@ train {
     assert c.data.args == {"val": 0.2, "test": 0.1}
     assert c.loss.args == {"label_smoothing": 0.05}
     assert c.optimizer.name == "adamw" and c.optimizer.args["weight_decay"] == 0.05
-    assert c.schedule.args == {"every": 5, "gamma": 0.5}
+    assert c.schedule.args == {"every": 5, "gamma": 0.5, "warmup": 0}
     assert (c.batch, c.epochs, c.seed) == ("full", 7, 42)
     assert c.early_stopping.args == {"monitor": "val_acc", "patience": 3, "min_delta": 0.0}
 
