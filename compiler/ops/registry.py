@@ -113,6 +113,22 @@ class Op:
         return None
 
 
+class FirstInputGrad(Op):
+    """An op whose gradient flows to input 0 only, through one backward op
+    `<name>_bwd(gy, *inputs)` with the same attributes (losses against targets, RoI pooling)."""
+
+    def vjp(self, b, node, gouts, needs):
+        gx = b.emit1(self.name + "_bwd", [gouts[0], *node.inputs], node.attrs)
+        return [gx] + [None] * (len(node.inputs) - 1)
+
+
+class FirstInputGradBwd(Op):
+    """The backward op of a `FirstInputGrad` op: (gy, *inputs) -> a gradient shaped like x."""
+
+    n_inputs = 3
+    like = 1
+
+
 @dataclass
 class ExecContext:
     """What a reference forward may need beyond its inputs."""
