@@ -13,21 +13,26 @@ from __future__ import annotations
 from ._lazy import F, torch
 
 from ..ir import TensorType
-from ..limits import inv_sqrt
+from ..limits import MAX_DIM, fmt_int, inv_sqrt
 from . import dims
 from .registry import Arg, LocalState, Op, ShapeError, register
 
 
 def pair(v, what: str = "value") -> tuple[int, int]:
-    """An int or an (a, b) pair as a pair of ints."""
+    """An int or an (a, b) pair as a pair of ints, each at most the dimension limit (a
+    kernel, stride, padding or dilation past it could never fit, and overflows ONNX's
+    int64 attributes)."""
     if isinstance(v, bool):
         raise ShapeError(f"{what} must be an integer or a pair [a, b], got {v}")
     if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, (tuple, list)) and len(v) == 2 and all(
-            isinstance(x, int) and not isinstance(x, bool) for x in v):
-        return (v[0], v[1])
-    raise ShapeError(f"{what} must be an integer or a pair [a, b], got {v}")
+        v = (v, v)
+    if not (isinstance(v, (tuple, list)) and len(v) == 2 and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in v)):
+        raise ShapeError(f"{what} must be an integer or a pair [a, b], got {v}")
+    big = next((x for x in v if abs(x) > MAX_DIM), None)
+    if big is not None:
+        raise ShapeError(f"{what} of {fmt_int(big)} is more than the limit of {MAX_DIM:,}")
+    return (v[0], v[1])
 
 
 def image(t: TensorType, what: str) -> tuple:
