@@ -373,6 +373,8 @@ def _resume(run: _Run, outcome: _Outcome) -> int:
     resume.restore(saved, step=run.step, model=run.model, batches_rng=run.batches.rng,
                    stopper=run.stopper)
     outcome.records = list(saved.loop["records"])
+    for record in outcome.records:           # plateau's state follows from the records
+        run.schedule.end_epoch(record["epoch"], record)
     run.step.first.fill_(saved.loop["first_loss"])
     run.step.started = True
     return saved.epoch + 1

@@ -164,3 +164,33 @@ def test_save_every_keeps_every_kth_epoch(whole, tmp_path):
                  "--set", "train.epochs=2", "--save-every", "1"]) == 0
     assert (tmp_path / "r" / "epoch-1.safetensors").is_file()
     assert (tmp_path / "r" / "epoch-2.safetensors").is_file()
+
+
+def test_resume_continues_a_plateau_schedule_where_it_was(tmp_path, monkeypatch):
+    """plateau's reduced lr, best value and patience count come back on resume (replayed
+    from the saved epochs' records), so the lr of every later epoch is that of a run never
+    interrupted: it is halved at least once before the cut and once after."""
+    text = SPEC.format(epochs=5, batch=64).replace(
+        "cosine(warmup=1)", "plateau(monitor=train_loss, factor=0.5, patience=0, threshold=0.5)")
+    (tmp_path / "p.dls").write_text(text)
+    spec = dlc.compile_spec(tmp_path / "p.dls")
+    dlc.train(spec, tmp_path / "whole", backend="reference", progress=False)
+    real, calls = model_mod.Model.evaluate_arrays, {"n": 0}
+
+    def interrupt_fourth_validation(self, x, y, batch=512, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(self, x, y, batch, **kw)
+
+    monkeypatch.setattr(model_mod.Model, "evaluate_arrays", interrupt_fourth_validation)
+    with pytest.raises(KeyboardInterrupt):
+        dlc.train(spec, tmp_path / "cut", backend="reference", progress=False)
+    monkeypatch.setattr(model_mod.Model, "evaluate_arrays", real)
+    saved = _saved_epoch(tmp_path / "cut")
+    assert 2 <= saved < 5
+    dlc.train(spec, tmp_path / "cut", backend="reference", progress=False, resume=True)
+    lrs = [json.loads(line)["lr"] for line in
+           (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == 3e-3 and lrs[saved - 1] < 3e-3 and lrs[-1] < lrs[saved - 1], lrs
+    _same_files(tmp_path / "whole", tmp_path / "cut")
