@@ -135,13 +135,18 @@ def build(spec: CompiledSpec, backend: str = "auto", device: str | None = None,
 def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
           device: str | None = None, seed: int | None = None,
           init_from: str | Path | None = None, progress: bool = True, resume: bool = False,
-          overwrite: bool = False, save_every: int | None = None):
+          overwrite: bool = False, save_every: int | None = None, tensorboard: bool = False):
     """Train as the spec says and write the run directory; returns the final metrics.
+    `tensorboard`: also write TensorBoard event files (RUN/tensorboard, one per member of
+    an ensemble).
 
     A folder that already holds a run is refused unless `overwrite` (its run files are
     replaced) or `resume` (the run continues from its last finished epoch). A train
     section with kfold, bagging or boosting trains every member of the ensemble
     (runtime/ensemble.py)."""
+    if tensorboard:
+        from .runtime.tblog import writer_class
+        writer_class()                  # a missing package is said before anything is written
     if spec.config.ensemble is not None:
         if resume:
             raise UserError("--resume continues a single run; an ensemble run "
@@ -149,11 +154,11 @@ def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
                             hint="train it again into a new folder")
         from .runtime.ensemble import run_ensemble
         return run_ensemble(spec, Path(out_dir), backend=backend, device=device, seed=seed,
-                            init_from=init_from, progress=progress)
+                            init_from=init_from, progress=progress, tensorboard=tensorboard)
     from .runtime.loop import run_training
     return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
                         init_from=init_from, progress=progress, resume=resume,
-                        overwrite=overwrite, save_every=save_every)
+                        overwrite=overwrite, save_every=save_every, tensorboard=tensorboard)
 
 
 def compile_run(run_dir: str | Path, sets: list[str] = ()) -> tuple[CompiledSpec, dict]:

@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="replace the run files in --out if it already holds a run")
     c.add_argument("--save-every", type=int, metavar="K",
                    help="also keep the weights of every K-th epoch (epoch-K.safetensors)")
+    c.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to RUN/tensorboard (needs the "
+                        "tensorboard extra); a resumed run that logged goes on logging")
     c.add_argument("--backend", default="auto", choices=("auto", "reference", "triton"))
     c.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     c.add_argument("--seed", type=int, help="override train.seed")
@@ -249,7 +252,7 @@ def cmd_train(args) -> int:
         out = fresh_default(Path(args.spec))
     final = train(spec, out, backend=args.backend, device=args.device, seed=args.seed,
                   init_from=args.init_from, progress=not args.quiet, overwrite=args.overwrite,
-                  save_every=_save_every(args))
+                  save_every=_save_every(args), tensorboard=args.tensorboard)
     _print_final(final, out)
     return 0
 
@@ -276,7 +279,7 @@ def _resume(args) -> int:
     backend = run.get("backend", "auto") if args.backend == "auto" else args.backend
     final = train(spec, out, backend=backend, device=args.device or run.get("device"),
                   seed=run.get("seed"), progress=not args.quiet, resume=True,
-                  save_every=_save_every(args))
+                  save_every=_save_every(args), tensorboard=args.tensorboard)
     _print_final(final, out)
     return 0
 

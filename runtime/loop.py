@@ -8,6 +8,7 @@
     final.json               test_loss, test_acc, epochs_run, stopped (why), best_epoch
     run.yaml                 resolved configuration, versions, spec hash, command
     curves.png, curves.svg   loss, accuracy and learning rate per epoch (runtime/plot.py)
+    tensorboard/             with --tensorboard, the same records as event files (runtime/tblog.py)
 
 `run_training` is put together from small parts:
 
@@ -45,7 +46,8 @@ from .backends import make_program
 from .data import load
 from .model import Model, Objective
 from .plot import write_curves
-from . import metrics, resume, rundir
+from . import metrics, resume, rundir, tblog
+from .tblog import TensorBoardLog
 from .confusion_png import write_confusion
 from .progress import Progress
 from .schedules import Schedule
@@ -294,11 +296,12 @@ class _Run:
     seed: int
     save_every: int | None = None
     tag: dict | None = None
+    tensorboard: TensorBoardLog | None = None
 
 
 def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
                  init_from=None, progress=True, resume=False, overwrite=False,
-                 save_every=None, data=None, tag=None) -> dict:
+                 save_every=None, data=None, tag=None, tensorboard=False) -> dict:
     """Train the spec's model as its train section says, writing the run directory
     `out_dir`; returns final.json's contents. An interrupted run raises KeyboardInterrupt
     and a diverged one a UserError, each after writing final.json.
@@ -306,10 +309,14 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     `resume`: continue the run in `out_dir` from its last finished epoch (runtime/resume.py);
     otherwise a folder that already holds a run is refused unless `overwrite`.
     `save_every`: also keep the weights of every k-th epoch as epoch-<k>.safetensors.
+    `tensorboard`: also write TensorBoard event files (runtime/tblog.py); a resumed run
+    that logged goes on logging.
 
     The hook for ensembles (runtime/ensemble.py): `data`, a Dataset to train on instead
     of the train section's (a fold, a resample), and `tag`, put first in every
     metrics.jsonl record and in final.json (`{"member": 3}`)."""
+    if tensorboard:
+        tblog.writer_class()
     if not resume:
         rundir.prepare(out_dir, overwrite=overwrite)
     run = _setup(spec, out_dir, backend, device, seed, save_every, data, tag)
@@ -322,6 +329,8 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     if not resume:
         _write_run_yaml(out_dir / "run.yaml", spec, run.cfg, run.model, run.seed, run.data)
     _rewrite_metrics(out_dir / "metrics.jsonl", outcome.records)
+    if tblog.wanted(out_dir, tensorboard):
+        run.tensorboard = tblog.TensorBoardLog(out_dir, first)
     bar = Progress(run.cfg.epochs, run.batches.steps, enabled=progress,
                    examples=run.batches.n)
     t_start = time.perf_counter()
@@ -335,6 +344,8 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     except _Diverged as e:
         outcome.stopped, outcome.diverged = "diverged", str(e)
     finally:
+        if run.tensorboard is not None:
+            run.tensorboard.close()
         if outcome.records:
             write_curves(outcome.records, out_dir / "curves",
                          run.stopper.best_epoch if run.stopper is not None else None)
@@ -390,6 +401,8 @@ def _run_epoch(run: _Run, epoch: int, bar: Progress, outcome: _Outcome) -> bool:
     outcome.records.append(record)
     with open(run.out_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    if run.tensorboard is not None:
+        run.tensorboard.epoch(record)
     bar.epoch(record)
     stop = run.stopper is not None and run.stopper.update(epoch, record, run.model.state)
     _save_epoch(run, epoch, outcome)

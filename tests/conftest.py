@@ -28,3 +28,23 @@ def update_golden(request) -> bool:
 @pytest.fixture
 def root() -> Path:
     return ROOT
+
+
+@pytest.fixture
+def interrupt_at_validation(monkeypatch):
+    """`interrupt_at_validation(n)`: Ctrl-C during a run's n-th evaluation (epoch n's
+    validation), so epoch n-1 is the last saved; `monkeypatch.undo()` lets runs finish."""
+    from dlc.runtime import model as model_mod
+    real = model_mod.Model.evaluate_arrays
+
+    def arm(n: int) -> None:
+        calls = {"n": 0}
+
+        def interrupted(self, x, y, batch=512, **kw):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(self, x, y, batch, **kw)
+
+        monkeypatch.setattr(model_mod.Model, "evaluate_arrays", interrupted)
+    return arm

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 
 import dlc
 from dlc.cli import main
-from dlc.runtime import model as model_mod
 
 # dropout (the program's generator), adam (slots, step count), a cosine schedule, early
 # stopping (best value, best weights) and an augment chain (its torch and numpy
@@ -91,25 +90,18 @@ def test_resume_after_a_signal_in_mid_epoch_is_exact(whole, tmp_path, sig):
     _same_files(ref, run)
 
 
-def test_resume_on_the_triton_backend_restores_its_flat_state(tmp_path, monkeypatch):
+def test_resume_on_the_triton_backend_restores_its_flat_state(tmp_path, monkeypatch,
+                                                              interrupt_at_validation):
     """The triton backend keeps parameters and slots in one flat buffer: they are saved
     and loaded through it."""
     from dlc.runtime import backends
     monkeypatch.setattr(backends, "_ANNOUNCED", backends._ANNOUNCED)   # others expect the notice
     spec = dlc.compile_spec(_spec(tmp_path, epochs=2, batch=256))
     dlc.train(spec, tmp_path / "whole", backend="triton", progress=False)
-    real, calls = model_mod.Model.evaluate_arrays, {"n": 0}
-
-    def interrupt_second_validation(self, x, y, batch=512, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(self, x, y, batch, **kw)
-
-    monkeypatch.setattr(model_mod.Model, "evaluate_arrays", interrupt_second_validation)
+    interrupt_at_validation(2)
     with pytest.raises(KeyboardInterrupt):
         dlc.train(spec, tmp_path / "cut", backend="triton", progress=False)
-    monkeypatch.setattr(model_mod.Model, "evaluate_arrays", real)
+    monkeypatch.undo()
     assert _saved_epoch(tmp_path / "cut") == 1
     last = load_file(str(tmp_path / "cut" / "last.safetensors"))
     assert last["optimizer.step"].item() == 5 and "linear1.weight.adam_v" in last
@@ -166,7 +158,8 @@ def test_save_every_keeps_every_kth_epoch(whole, tmp_path):
     assert (tmp_path / "r" / "epoch-2.safetensors").is_file()
 
 
-def test_resume_continues_a_plateau_schedule_where_it_was(tmp_path, monkeypatch):
+def test_resume_continues_a_plateau_schedule_where_it_was(tmp_path, monkeypatch,
+                                                          interrupt_at_validation):
     """plateau's reduced lr, best value and patience count come back on resume (replayed
     from the saved epochs' records), so the lr of every later epoch is that of a run never
     interrupted: it is halved at least once before the cut and once after."""
@@ -175,18 +168,10 @@ def test_resume_continues_a_plateau_schedule_where_it_was(tmp_path, monkeypatch)
     (tmp_path / "p.dls").write_text(text)
     spec = dlc.compile_spec(tmp_path / "p.dls")
     dlc.train(spec, tmp_path / "whole", backend="reference", progress=False)
-    real, calls = model_mod.Model.evaluate_arrays, {"n": 0}
-
-    def interrupt_fourth_validation(self, x, y, batch=512, **kw):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(self, x, y, batch, **kw)
-
-    monkeypatch.setattr(model_mod.Model, "evaluate_arrays", interrupt_fourth_validation)
+    interrupt_at_validation(4)
     with pytest.raises(KeyboardInterrupt):
         dlc.train(spec, tmp_path / "cut", backend="reference", progress=False)
-    monkeypatch.setattr(model_mod.Model, "evaluate_arrays", real)
+    monkeypatch.undo()
     saved = _saved_epoch(tmp_path / "cut")
     assert 2 <= saved < 5
     dlc.train(spec, tmp_path / "cut", backend="reference", progress=False, resume=True)
