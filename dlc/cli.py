@@ -322,8 +322,8 @@ def cmd_eval(args) -> int:
 def cmd_predict(args) -> int:
     from .runtime.predict_io import as_kind, read_inputs, standardized, write_outputs
     model, run = _build_for_run(args)
-    inputs = read_inputs(args.input, model.input_names)
-    inputs = standardized(inputs, (run or {}).get("data") or {})
+    data = (run or {}).get("data") or {}
+    inputs = standardized(read_inputs(args.input, model.input_names, data), data)
     kind = args.output_kind
     if getattr(model, "scores_are_probabilities", False) and kind == "probs":
         kind = "logits"            # an ensemble's combined scores are probabilities already

@@ -107,13 +107,15 @@ class Dataset:
     class_names: list | None = None    # a text label column's values, by class index
     vocabulary: dict = field(default_factory=dict)   # category column -> its values, in order
     standardize: dict | None = None    # {"mean": [...], "std": [...]} of the training split
+    columns: list | None = None        # a CSV's columns in order: {"name", "kind"} (label,
+                                       # category or number), so predict reads them alike
 
     def describe(self) -> dict:
         """What run.yaml keeps of the data: sizes, classes, encodings and statistics."""
         return {"name": self.name, "train": len(self.train), "val": len(self.val),
                 "test": len(self.test), "classes": self.classes,
                 "class_names": self.class_names, "vocabulary": self.vocabulary or None,
-                "standardize": self.standardize}
+                "standardize": self.standardize, "columns": self.columns}
 
 
 def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
@@ -165,6 +167,7 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
     data = _split(x, y, a, seed, classes, path.name)
     data.class_names = encoded.get("class_names")
     data.vocabulary = encoded.get("vocabulary", {})
+    data.columns = encoded.get("columns")
     if a["standardize"]:
         _standardize(data, call)
     return data
@@ -268,21 +271,23 @@ def _read_csv(path: Path, label, header: bool, classes: bool, call: Call, encode
     cats = [_column(c.strip(), names, width, path, call, "categories")
             for c in call.args.get("categories", "").split(",") if c.strip()]
     title = lambda j: repr(names[j]) if names else str(j + 1)
+    key = lambda j: names[j] if names else str(j + 1)
+    encoded["columns"] = [{"name": key(j), "kind": "label" if j == col else
+                           "category" if j in cats else "number"} for j in range(width)]
     columns = []
     for j in range(width):
         cells = [(line, r[j].strip()) for line, r in numbered]
         if j in cats:
             vocab = sorted({c for _, c in cells})
-            encoded.setdefault("vocabulary", {})[names[j] if names else str(j + 1)] = vocab
-            index = {v: k for k, v in enumerate(vocab)}
-            columns.append(np.eye(len(vocab), dtype=np.float64)[[index[c] for _, c in cells]])
+            encoded.setdefault("vocabulary", {})[key(j)] = vocab
+            columns.append(one_hot(cells, vocab, path, title(j)))
         elif j == col and classes and not all(is_number(c) for _, c in cells):
             vocab = sorted({c for _, c in cells})
             encoded["class_names"] = vocab
             index = {v: k for k, v in enumerate(vocab)}
             y = np.array([index[c] for _, c in cells], dtype=np.float64)
         else:
-            values = _numbers(cells, path, title(j), call)
+            values = numbers(cells, path, title(j), call.span)
             if j == col:
                 y = values
             else:
@@ -290,6 +295,20 @@ def _read_csv(path: Path, label, header: bool, classes: bool, call: Call, encode
     x = np.concatenate(columns, axis=1).astype(np.float32) if columns else np.zeros(
         (len(numbered), 0), np.float32)
     return x, _labels(y, classes, path)
+
+
+def one_hot(cells: list, vocab: list, path: Path, title: str) -> np.ndarray:
+    """A category column as one-hot rows over `vocab`; a value outside it (at prediction
+    time) is an error naming file, row and column."""
+    index = {v: k for k, v in enumerate(vocab)}
+    rows = []
+    for line, c in cells:
+        if c not in index:
+            shown = ", ".join(map(repr, vocab[:10])) + (", ..." if len(vocab) > 10 else "")
+            raise UserError(f"{path}:{line}: column {title} holds {c!r}, a category the model "
+                            f"was not trained on (it knows {shown})")
+        rows.append(index[c])
+    return np.eye(len(vocab), dtype=np.float64)[rows]
 
 
 def is_number(text: str) -> bool:
@@ -300,7 +319,7 @@ def is_number(text: str) -> bool:
         return False
 
 
-def _numbers(cells: list, path: Path, title: str, call: Call) -> np.ndarray:
+def numbers(cells: list, path: Path, title: str, span=None) -> np.ndarray:
     """A numeric column; text or NaN/inf is an error naming file, row and column."""
     out = np.empty(len(cells), dtype=np.float64)
     for i, (line, c) in enumerate(cells):
@@ -308,11 +327,11 @@ def _numbers(cells: list, path: Path, title: str, call: Call) -> np.ndarray:
             out[i] = float(c)
         except ValueError:
             raise UserError(f"{path}:{line}: column {title} holds {c!r}, which is not a number",
-                            call.span, hint=f"if column {title} holds categories, name it in "
+                            span, hint=f"if column {title} holds categories, name it in "
                             f"csv(categories=...)") from None
         if not np.isfinite(out[i]):
             raise UserError(f"{path}:{line}: column {title} is {c!r}: values must be finite "
-                            "numbers", call.span,
+                            "numbers", span,
                             hint="fill or drop missing values before training")
     return out
 

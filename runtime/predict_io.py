@@ -1,7 +1,9 @@
 """`dlc predict`'s files: inputs from .npy, .npz or CSV, every model output to .npy,
 .npz or CSV, as logits, probabilities or labels.
 
-    read_inputs(path, names)                {input name: array}
+    read_inputs(path, names, data)          {input name: array}; a CSV like the run's
+                                            training CSV is encoded as it was (run.yaml's
+                                            data.columns and data.vocabulary)
     as_kind(y, kind)                        logits unchanged, probs (softmax over dim 1),
                                             labels (argmax over dim 1)
     write_outputs(path, outputs)            one .npy per output (`y.npy`, then `y.<name>.npy`),
@@ -16,19 +18,23 @@ from pathlib import Path
 import numpy as np
 
 from ..spec.diagnostics import UserError
-from .data import is_number
+from .data import is_number, numbers, one_hot
 
 KINDS = ("logits", "probs", "labels")
 
 
-def read_inputs(path: str | Path, names: list[str]) -> dict[str, np.ndarray]:
-    """The arrays that feed the model's inputs `names`, from a .npy, .npz or CSV file."""
+def read_inputs(path: str | Path, names: list[str], data: dict | None = None
+                ) -> dict[str, np.ndarray]:
+    """The arrays that feed the model's inputs `names`, from a .npy, .npz or CSV file;
+    `data`: run.yaml's description of the training data."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        arrays = {names[0]: read_csv_matrix(path)}
+        columns = (data or {}).get("columns")
+        arrays = {names[0]: read_csv_like_training(path, columns, data["vocabulary"] or {})
+                  if columns else read_csv_matrix(path)}
     elif suffix == ".npz":
         arrays = _read_npz(path, names)
     else:
@@ -82,6 +88,54 @@ def read_csv_matrix(path: Path) -> np.ndarray:
                 raise UserError(f"{path}:{i + first}: column {j + 1} is not a number: {c!r}")
             out[i, j] = float(c)
     return out
+
+
+def read_csv_like_training(path: Path, columns: list, vocabulary: dict) -> np.ndarray:
+    """A CSV file with the training CSV's feature columns (the label column may be there or
+    not), encoded as training encoded them: categories one-hot over the run's vocabulary,
+    numbers checked finite. With a header the columns are matched by name, in any order."""
+    try:
+        with open(path, newline="") as f:
+            rows = [(i + 1, r) for i, r in enumerate(csv.reader(f)) if r and any(c.strip() for c in r)]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    names = [c["name"] for c in columns]
+    header = None
+    if rows and any(c.strip() in names and not is_number(c) for c in rows[0][1]):
+        header = [c.strip() for c in rows.pop(0)[1]]
+    if not rows:
+        raise UserError(f"{path} holds no data rows")
+    features = [c for c in columns if c["kind"] != "label"]
+    where = _column_positions(path, header, len(rows[0][1]), columns, features)
+    for line, r in rows:
+        if len(r) != len(rows[0][1]):
+            raise UserError(f"{path}:{line}: expected {len(rows[0][1])} columns, got {len(r)}")
+    parts = []
+    for c in features:
+        j = where[c["name"]]
+        cells = [(line, r[j].strip()) for line, r in rows]
+        title = repr(c["name"]) if header else str(j + 1)
+        parts.append(one_hot(cells, vocabulary[c["name"]], path, title) if c["kind"] == "category"
+                     else numbers(cells, path, title)[:, None])
+    return np.concatenate(parts, axis=1).astype(np.float32)
+
+
+def _column_positions(path: Path, header, width: int, columns: list, features: list) -> dict:
+    """Where each training feature column is in this file: by header name, or by position
+    (the file has all the training columns, or all but the label)."""
+    if header is not None:
+        missing = [c["name"] for c in features if c["name"] not in header]
+        if missing:
+            raise UserError(f"{path} has no column {missing[0]!r}, which the model was trained "
+                            f"on (its columns: {', '.join(c['name'] for c in features)})")
+        return {c["name"]: header.index(c["name"]) for c in features}
+    if width == len(columns):
+        return {c["name"]: j for j, c in enumerate(columns) if c["kind"] != "label"}
+    if width == len(features):
+        return {c["name"]: j for j, c in enumerate(features)}
+    raise UserError(f"{path} has {width} columns, but the model was trained on a CSV with "
+                    f"{len(columns)} ({len(features)} without the label)",
+                    hint="give the training CSV's columns, with a header row to match them by name")
 
 
 def standardized(inputs: dict[str, np.ndarray], data: dict) -> dict[str, np.ndarray]:

@@ -232,3 +232,40 @@ def test_an_image_folder_is_a_classification_source(tmp_path):
     files = {px.transpose(2, 0, 1).tobytes(): name for (name, _), px in want.items()}
     for x, y in zip(data.train.x, data.train.y):
         assert files[np.round(x * 255).astype(np.uint8).tobytes()] == ["dark", "light"][y]
+
+
+def test_predict_encodes_a_csv_as_the_training_csv_was(tmp_path, capsys):
+    """A CSV given to `dlc predict RUN` is one-hot encoded with the run's vocabulary and
+    standardised with its statistics: with a header its columns match by name in any order
+    (the label column may be left out), without one by position; the outputs equal those
+    of the same features encoded by hand and given as .npy."""
+    rows = _rows()
+    _csv(tmp_path, rows)
+    code, run = _train(tmp_path, 'csv(path="d.csv", label="label", categories="color", '
+                                 'standardize=true, val=0.2, test=0.2)', width=5)
+    assert code == 0
+    new = _rows(n=7, seed=5)
+    onehot = {"blue": [1, 0, 0], "green": [0, 1, 0], "red": [0, 0, 1]}
+    np.save(tmp_path / "x.npy", np.array([[float(r[0]), *onehot[r[1]], float(r[2])]
+                                          for r in new], np.float32))
+    _csv(tmp_path, [[r[2], r[0], r[1]] for r in new], header=("b", "a", "color"))
+    by_name = tmp_path / "d.csv"
+    plain = tmp_path / "plain.csv"
+    with open(plain, "w", newline="") as f:
+        csv.writer(f).writerows(new)                 # no header, label column in place
+    for given in ("x.npy", by_name.name, plain.name):
+        assert main(["predict", str(run), "--input", str(tmp_path / given),
+                     "--output", str(tmp_path / f"{given}.out.npy")]) == 0, capsys.readouterr().err
+    want = np.load(tmp_path / "x.npy.out.npy")
+    np.testing.assert_allclose(np.load(tmp_path / "d.csv.out.npy"), want, rtol=1e-6)
+    np.testing.assert_allclose(np.load(tmp_path / "plain.csv.out.npy"), want, rtol=1e-6)
+    capsys.readouterr()
+    _csv(tmp_path, [["1.0", "purple", "2.0"]], header=("a", "color", "b"))
+    assert main(["predict", str(run), "--input", str(by_name), "--output",
+                 str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "d.csv:2: column 'color' holds 'purple'" in err and "'blue'" in err, err
+    _csv(tmp_path, [["1.0", "2.0"]], header=("a", "b"))
+    assert main(["predict", str(run), "--input", str(by_name), "--output",
+                 str(tmp_path / "o.npy")]) == 2
+    assert "no column 'color'" in capsys.readouterr().err
