@@ -138,6 +138,7 @@ class TrainStep:
         batch = self.augment(inputs[self.x_name]) if self.augment else None
         if batch is not None:
             inputs[self.x_name] = batch.x
+            inputs.update(self._mixed_inputs(inputs, batch))
             inputs.update(self._mixed_labels(targets["y"], batch))
         outs, updates, _ = self.program.run(self.state, inputs)
         self.state.update(updates)
@@ -145,6 +146,14 @@ class TrainStep:
             self.first.copy_(outs[0])
             self.started = True
         self.objective.accumulate(self.sums, outs, targets, batch)
+
+    def _mixed_inputs(self, inputs: dict, batch: Augmented) -> dict:
+        """A model's other inputs in a mixup/cutmix batch: λ·x + (1 − λ)·x[perm], with the
+        batch's λ and partners, so every input of an example comes from the same pair."""
+        if batch.perm is None:
+            return {}
+        return {name: batch.lam * inputs[name] + (1 - batch.lam) * inputs[name][batch.perm]
+                for name in self.xs if name != self.x_name}
 
     def _mixed_labels(self, y: torch.Tensor, batch: Augmented) -> dict:
         """The inputs that say how a mixup/cutmix batch mixed its labels: for cross-entropy
