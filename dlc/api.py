@@ -143,18 +143,16 @@ def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
     A folder that already holds a run is refused unless `overwrite` (its run files are
     replaced) or `resume` (the run continues from its last finished epoch). A train
     section with kfold, bagging or boosting trains every member of the ensemble
-    (runtime/ensemble.py)."""
+    (runtime/ensemble.py); resuming one keeps its finished members and continues the
+    interrupted one."""
     if tensorboard:
         from .runtime.tblog import writer_class
         writer_class()                  # a missing package is said before anything is written
     if spec.config.ensemble is not None:
-        if resume:
-            raise UserError("--resume continues a single run; an ensemble run "
-                            f"({spec.config.ensemble.name}) cannot be resumed yet",
-                            hint="train it again into a new folder")
         from .runtime.ensemble import run_ensemble
         return run_ensemble(spec, Path(out_dir), backend=backend, device=device, seed=seed,
-                            init_from=init_from, progress=progress, tensorboard=tensorboard)
+                            init_from=init_from, progress=progress, tensorboard=tensorboard,
+                            resume=resume, overwrite=overwrite)
     from .runtime.loop import run_training
     return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
                         init_from=init_from, progress=progress, resume=resume,

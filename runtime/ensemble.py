@@ -19,6 +19,11 @@ The run directory of an ensemble:
     run.yaml                     spec, sets, seed and the train section
     curves.png, curves.svg       the members' curves overlaid
 
+`dlc train --resume DIR` of an ensemble keeps the members that finished (their
+final.json says completed or early_stopping), continues the interrupted member from its
+last.safetensors exactly, and trains the rest; boosting recomputes each kept member's
+mistakes, so its example weights are those of a run never interrupted.
+
 Each member is one call of `train_member` (a fold or a resample given as a Dataset to
 `run_training`), so members that do not depend on each other (folds, bagging) can run one
 per process.
@@ -35,8 +40,10 @@ import numpy as np
 import yaml
 
 from ..spec.diagnostics import UserError
+from . import rundir
 from .data import Dataset, Split, load
 from .model import Model
+from .resume import LAST
 
 _ERR_FLOOR = 1e-10                  # SAMME: a perfect member's error, so that α stays finite
 
@@ -104,13 +111,31 @@ class MemberJob:
     out_dir: Path
 
 
-def train_member(spec, job: MemberJob, **run) -> dict:
+def train_member(spec, job: MemberJob, *, resume: bool = False, **run) -> dict:
     """Train one member (runtime/loop.py's run_training on the member's data); returns
-    its final.json. `run`: backend, device, init_from, progress."""
+    its final.json. `run`: backend, device, init_from, progress, tensorboard.
+
+    `resume`: a member that finished is kept as it is, one with a finished epoch continues
+    from it exactly, and one with none starts again."""
     from .loop import run_training
+    if resume:
+        done = _finished(job.out_dir)
+        if done is not None:
+            return done
+        resumable = (job.out_dir / LAST).is_file()
+        run = {**run, "resume": resumable, "overwrite": not resumable}
     if run.get("progress", True):
         print(f"{_kind_name(job.tag)} {job.index}", file=sys.stderr)
     return run_training(spec, job.out_dir, seed=job.seed, data=job.data, tag=job.tag, **run)
+
+
+def _finished(member_dir: Path) -> dict | None:
+    """A member's final.json when it trained to the end (or stopped early), else None."""
+    try:
+        final = json.loads((member_dir / "final.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return final if final.get("stopped") in ("completed", "early_stopping") else None
 
 
 def _kind_name(tag: dict) -> str:
@@ -152,16 +177,23 @@ def bagging_jobs(data: Dataset, n: int, fraction: float, seed: int,
 
 # -- running an ensemble
 
-def run_ensemble(spec, out_dir: Path, *, seed=None, **run) -> dict:
+def run_ensemble(spec, out_dir: Path, *, seed=None, resume=False, overwrite=False,
+                 **run) -> dict:
     """Train the ensemble the train section asks for into `out_dir`; returns final.json.
     An interrupted or diverged member stops the ensemble after final.json says what was
-    finished."""
+    finished. `resume`: finished members are kept, the interrupted one continues exactly
+    and the rest are trained (boosting's weights follow from the kept members)."""
     cfg = spec.config
     seed = cfg.seed if seed is None else seed
+    if resume:
+        _check_resumable(spec, out_dir)
+    else:
+        rundir.prepare(out_dir, overwrite=overwrite)
     data = load(cfg.data, seed, spec.path.parent)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_yaml(out_dir / "run.yaml", spec, seed)
+    if not resume:
+        _write_run_yaml(out_dir / "run.yaml", spec, seed, run.get("backend", "auto"))
     (out_dir / "metrics.jsonl").write_text("")
+    run["resume"] = resume
     book = _Book(spec, cfg.ensemble, out_dir)
     try:
         if cfg.ensemble.name == "boosting":
@@ -297,9 +329,18 @@ def _final(kind: str, members: list[dict], test: dict, stopped: str, notes: list
     return final
 
 
-def _write_run_yaml(path: Path, spec, seed: int) -> None:
+def _check_resumable(spec, out_dir: Path) -> None:
+    """An ensemble run continues only from its own spec (as run.yaml recorded it)."""
+    run = rundir.read_run(out_dir)
+    if run.get("spec_sha256") != spec.spec_hash:
+        raise UserError(f"the spec changed since the ensemble in {out_dir} started, so it "
+                        "cannot be resumed exactly", hint="restore the spec, or train a new run")
+
+
+def _write_run_yaml(path: Path, spec, seed: int, backend: str) -> None:
     doc = {"spec": str(spec.path), "model": spec.graph.name, "spec_sha256": spec.spec_hash,
-           "sets": list(spec.sets), "seed": seed, "train": {**spec.config.to_dict(), "seed": seed},
+           "sets": list(spec.sets), "seed": seed, "backend": backend,
+           "train": {**spec.config.to_dict(), "seed": seed},
            "command": " ".join(sys.argv)}
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
 

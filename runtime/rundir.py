@@ -3,11 +3,13 @@
     fresh_default(spec_path)      runs/<spec>/<n>, n one more than the highest there
     prepare(out, overwrite=...)   a folder that holds a run is refused (hint: --resume or
                                   --overwrite); --overwrite removes that run's files
+                                  (an ensemble's members and TensorBoard events too)
     read_run(folder)              the run.yaml of a run directory, or a UserError
     spec_of(run)                  the spec file a run was trained from (absolute path in run.yaml)
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import yaml
@@ -22,6 +24,9 @@ RUN_FILES = ("metrics.jsonl", "final.json", "checkpoint.safetensors",
              "confusion.png", "last.safetensors.tmp", "checkpoint.safetensors.tmp",
              "best.safetensors.tmp", "run.yaml")
 RUN_GLOBS = ("epoch-*.safetensors",)
+# an ensemble's members and a run's TensorBoard events: removed whole by --overwrite
+RUN_FOLDERS = ("folds", "members", "tensorboard")
+ENSEMBLE_FILES = ("ensemble.json",)
 
 
 def holds_run(folder: Path) -> bool:
@@ -44,7 +49,10 @@ def prepare(out: Path, *, overwrite: bool = False) -> None:
             raise UserError(f"{out} already holds a training run",
                             hint=f"continue it with `dlc train --resume {out}`, replace it with "
                                  "--overwrite, or choose another --out")
-        for name in RUN_FILES:
+        for name in RUN_FOLDERS:
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+        for name in ENSEMBLE_FILES + RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for pattern in RUN_GLOBS:
             for p in out.glob(pattern):

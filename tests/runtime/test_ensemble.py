@@ -235,3 +235,53 @@ def test_boosting_needs_classes(tmp_path, capsys):
                     "    boosting(2)\n}\n")
     assert main(["train", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "boosting (SAMME) needs class labels" in capsys.readouterr().err
+
+
+# -- resume and overwrite
+
+def test_an_interrupted_boosting_run_resumes_to_the_uninterrupted_result(
+        tmp_path, monkeypatch, interrupt_at_validation, capsys):
+    """Ctrl-C in member 1's second epoch; --resume keeps member 0, continues member 1 from
+    its saved epoch and trains member 2 on the weights member 0 and 1 give: every member's
+    weights and every say α equal those of a run never interrupted."""
+    from safetensors.torch import load_file as load_torch
+    import torch
+    spec = _spec(tmp_path, "boosting(3)", lr=0.5, batch=64, epochs=2)
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    dlc.train(spec, whole, backend="reference", progress=False)
+    per_member = 3                 # evaluations: two validations and the test split
+    interrupt_at_validation(per_member + 2)
+    with pytest.raises(KeyboardInterrupt):
+        dlc.train(spec, cut, backend="reference", progress=False)
+    monkeypatch.undo()
+    assert json.loads((cut / "members/0/final.json").read_text())["stopped"] == "completed"
+    assert json.loads((cut / "members/1/final.json").read_text())["stopped"] == "interrupted"
+    assert not (cut / "members/2").exists()
+    kept = [(cut / f"members/{m}/metrics.jsonl").read_text().splitlines()[0] for m in (0, 1)]
+    assert main(["train", "--resume", str(cut), "--quiet"]) == 0
+    # member 0 was kept and member 1 continued: their first epochs (timings included) are
+    # the records written before the interruption, not trained again
+    assert [(cut / f"members/{m}/metrics.jsonl").read_text().splitlines()[0]
+            for m in (0, 1)] == kept
+    for m in range(3):
+        a = load_torch(str(whole / f"members/{m}/checkpoint.safetensors"))
+        b = load_torch(str(cut / f"members/{m}/checkpoint.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), m
+    wa, wb = (json.loads((p / "ensemble.json").read_text()) for p in (whole, cut))
+    assert wa["members"] == wb["members"]
+    fa, fb = (json.loads((p / "final.json").read_text()) for p in (whole, cut))
+    assert (fa["test_acc"], fa["stopped"]) == (fb["test_acc"], fb["stopped"]) != (None, None)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(_rows(whole / "metrics.jsonl")) == strip(_rows(cut / "metrics.jsonl"))
+
+
+def test_an_ensemble_folder_is_not_overwritten_silently(tmp_path, capsys):
+    spec = _spec(tmp_path, "bagging(2)", epochs=1)
+    run = tmp_path / "run"
+    dlc.train(spec, run, progress=False)
+    assert main(["train", str(spec.path), "--out", str(run), "--quiet"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    stale = run / "members" / "7"
+    stale.mkdir()
+    assert main(["train", str(spec.path), "--out", str(run), "--quiet", "--overwrite"]) == 0
+    assert not stale.exists() and (run / "members/1/final.json").is_file()
