@@ -8,6 +8,8 @@ Run on a GPU machine (it also runs on the CPU, where torchvision is missing here
    (random init), save its state dict as .pt, `dlc convert` it, load it into the dlc
    reference backend and compare logits on the same random batch (eval mode), and
    record both parameter counts.  torchvision is the independent reference.
+   fcn_resnet50.dls likewise against torchvision's segmentation model, with and without
+   its auxiliary head (every output compared).
 2. Train examples/digits_mlp.dls and examples/digits_cnn.dls on the device and record
    the test accuracy and the wall time.
 Prints one JSON object; nothing here is a pass/fail assertion except the exit code
@@ -96,6 +98,60 @@ def compare_zoo(device: str, batch: int, tmp: Path) -> list[dict]:
     return rows
 
 
+def compare_fcn(device: str, batch: int, tmp: Path) -> list[dict]:
+    """fcn_resnet50.dls against torchvision's fcn_resnet50 (21 classes), without and with
+    the auxiliary head: converted weights, the same random batch at a size that is neither
+    square nor a multiple of the output stride (so the final bilinear resize is exercised),
+    every output compared."""
+    try:
+        from torchvision.models.segmentation import fcn_resnet50
+    except ImportError:
+        return [{"skipped": "torchvision is not installed"}]
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for aux in (False, True):
+        sets = ["model.aux=true"] if aux else []
+        row = {"spec": "fcn_resnet50.dls" + (" aux=true" if aux else "")}
+        try:
+            tv = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21,
+                              aux_loss=aux).eval()
+            _randomize_batch_norm(tv, gen)
+            pt, ckpt = tmp / f"fcn_{aux}.pt", tmp / f"fcn_{aux}.safetensors"
+            torch.save(tv.state_dict(), pt)
+            argv = ["convert", str(ROOT / "examples" / "fcn_resnet50.dls"), "--from", str(pt),
+                    "-o", str(ckpt)]
+            for s in sets:
+                argv += ["--set", s]
+            row["convert_exit"] = dlc_main(argv)
+            spec = dlc.compile_spec(ROOT / "examples" / "fcn_resnet50.dls", sets=sets)
+            row["dlc_params"] = spec.num_params()
+            row["torchvision_params"] = sum(p.numel() for p in tv.parameters())
+            x = torch.randn(batch, 3, 117, 150, generator=gen)
+            with torch.no_grad():
+                ref = {k: v.float().cpu().numpy() for k, v in tv.to(device)(x.to(device)).items()}
+            model = dlc.build(spec, device=device, checkpoint=ckpt)
+            t0 = time.perf_counter()
+            outs = list(model.predict_outputs(x.numpy()).values())
+            row["dlc_forward_s"] = round(time.perf_counter() - t0, 4)
+            fresh = list(dlc.build(spec, device=device).predict_outputs(x.numpy()).values())
+            row["shape"] = list(outs[0].shape)
+            ok = outs[0].shape == ref["out"].shape
+            for i, key in enumerate(["out", "aux"] if aux else ["out"]):
+                err = np.abs(outs[i] - ref[key]).max() / max(1e-12, np.abs(ref[key]).max())
+                row[f"{key}_max_rel_err"] = float(err)
+                row[f"{key}_unconverted_rel_err"] = float(
+                    np.abs(fresh[i] - ref[key]).max() / np.abs(ref[key]).max())
+                ok = ok and err < 1e-3
+            row["ok"] = bool(ok and row["dlc_params"] == row["torchvision_params"]
+                             and row["convert_exit"] == 0)
+        except Exception as e:                          # noqa: BLE001 — report and go on
+            row["error"] = f"{type(e).__name__}: {e}"
+            row["ok"] = False
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def train_examples(device: str, tmp: Path) -> list[dict]:
     rows = []
     for name in ("digits_mlp.dls", "digits_cnn.dls"):
@@ -117,6 +173,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--out")
     ap.add_argument("--skip-zoo", action="store_true")
+    ap.add_argument("--skip-fcn", action="store_true")
+    ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args()
     env = {"torch": torch.__version__, "python": platform.python_version(),
            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
@@ -129,7 +187,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         zoo = [] if args.skip_zoo else compare_zoo(args.device, args.batch, tmp)
-        trained = train_examples(args.device, tmp)
+        zoo += [] if args.skip_fcn else compare_fcn(args.device, min(args.batch, 2), tmp)
+        trained = [] if args.skip_train else train_examples(args.device, tmp)
     result = {"env": env, "zoo": zoo, "train": trained}
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
