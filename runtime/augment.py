@@ -39,6 +39,10 @@ AUGMENTS: dict[str, tuple[Arg, ...]] = {
 }
 IMAGE_ONLY = ("crop", "flip", "resized_crop", "jitter", "cutout", "cutmix")
 LABEL_MIXERS = ("mixup", "cutmix")
+# transforms that move pixels, and so move a segmentation mask with them (f(x, a, d, masks,
+# fill) -> (x, masks)); the others change pixel values only and leave a mask as it is
+GEOMETRIC = ("crop", "flip", "resized_crop")
+MASK_SAFE = GEOMETRIC + ("jitter", "noise", "cutout")
 
 
 def check_augment(call: Call) -> tuple[str, str] | None:
@@ -71,6 +75,7 @@ class Augmented(NamedTuple):
     x: "torch.Tensor"
     perm: "torch.Tensor | None" = None
     lam: float = 1.0
+    masks: "torch.Tensor | None" = None     # (N, H, W) per-pixel classes, moved as x was
 
 
 class Draw:
@@ -93,29 +98,37 @@ class Draw:
         return float(self.rng.beta(alpha, alpha)) if alpha > 0 else 1.0
 
 
-def crop(x, a, d: Draw):
-    """Pad each side with `padding` zeros, cut a random window of the original size."""
+def crop(x, a, d: Draw, masks=None, fill: int = 255):
+    """Pad each side with `padding` zeros, cut a random window of the original size; a
+    mask is padded with `fill` (the loss's ignore label) and cut alike."""
     n, c, h, w = x.shape                                           # (N, C, H, W)
     p = a["padding"]
     if p == 0:
-        return x
+        return x, masks
     xp = F.pad(x, (p, p, p, p))                                    # (N, C, H+2p, W+2p)
     rows = d.ints(n, 2 * p + 1, x)[:, None] + torch.arange(h, device=x.device)   # (N, H)
     cols = d.ints(n, 2 * p + 1, x)[:, None] + torch.arange(w, device=x.device)   # (N, W)
     ni = torch.arange(n, device=x.device)[:, None, None, None]
     ci = torch.arange(c, device=x.device)[None, :, None, None]
-    return xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]           # (N, C, H, W)
+    out = xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]           # (N, C, H, W)
+    if masks is not None:
+        mp = F.pad(masks, (p, p, p, p), value=fill)                # (N, H+2p, W+2p)
+        masks = mp[ni[:, 0], rows[:, :, None], cols[:, None, :]]   # (N, H, W)
+    return out, masks
 
 
-def flip(x, a, d: Draw):
-    """Mirror each image left-right with probability p."""
+def flip(x, a, d: Draw, masks=None, fill: int = 255):
+    """Mirror each image (and its mask) left-right with probability p."""
     hit = d.uniform(x.shape[0], 0.0, 1.0, x) < a["p"]              # (N,)
-    return torch.where(hit[:, None, None, None], x.flip(3), x)
+    if masks is not None:
+        masks = torch.where(hit[:, None, None], masks.flip(2), masks)
+    return torch.where(hit[:, None, None, None], x.flip(3), x), masks
 
 
-def resized_crop(x, a, d: Draw):
+def resized_crop(x, a, d: Draw, masks=None, fill: int = 255):
     """A box of area fraction s ~ U(scale) and aspect w/h = exp(U(log ratio)), clipped to
-    the image, at a uniform position, resampled bilinearly to the full size."""
+    the image, at a uniform position, resampled bilinearly to the full size (a mask: by
+    its nearest pixel, so classes stay classes)."""
     n, c, h, w = x.shape
     s = d.uniform(n, *a["scale"], x)                               # (N,) area fractions
     r = torch.exp(d.uniform(n, math.log(a["ratio"][0]), math.log(a["ratio"][1]), x))
@@ -127,7 +140,11 @@ def resized_crop(x, a, d: Draw):
     theta = torch.stack([torch.stack([bw / w, zero, cx], 1),
                          torch.stack([zero, bh / h, cy], 1)], 1)           # (N, 2, 3)
     grid = F.affine_grid(theta, [n, c, h, w], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if masks is not None:
+        masks = F.grid_sample(masks[:, None].to(x.dtype), grid, mode="nearest",
+                              padding_mode="border", align_corners=False)[:, 0].to(masks.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                         align_corners=False), masks
 
 
 def _gray(x):
@@ -214,20 +231,25 @@ TRANSFORMS: dict[str, Callable] = {"crop": crop, "flip": flip, "resized_crop": r
 class Augmenter:
     """The augment chain of a train section, with its seeded random sources."""
 
-    def __init__(self, calls: list[Call], seed: int, device):
+    def __init__(self, calls: list[Call], seed: int, device, mask_fill: int = 255):
         self.calls = list(calls)
         self.draw = Draw(seed, device)
+        self.mask_fill = mask_fill          # what a crop pads a mask with: the ignore label
 
     def __bool__(self) -> bool:
         return bool(self.calls)
 
-    def __call__(self, x) -> Augmented:
-        """x (N, ...) -> the batch after every transform in order."""
+    def __call__(self, x, masks=None) -> Augmented:
+        """x (N, ...) and, for segmentation, its masks (N, H, W) -> the batch after every
+        transform in order (a mask moves with its image; see MASK_SAFE)."""
         perm, lam = None, 1.0
         for call in self.calls:
+            if call.name in GEOMETRIC:
+                x, masks = TRANSFORMS[call.name](x, call.args, self.draw, masks, self.mask_fill)
+                continue
             out = TRANSFORMS[call.name](x, call.args, self.draw)
             if isinstance(out, Augmented):
-                x, perm, lam = out
+                x, perm, lam = out.x, out.perm, out.lam
             else:
                 x = out
-        return Augmented(x, perm, lam)
+        return Augmented(x, perm, lam, masks)

@@ -41,7 +41,7 @@ import yaml
 from ..compiler.config import target_input
 from ..compiler.pipeline import build_train_graph, term_output
 from ..spec.diagnostics import UserError
-from .augment import IMAGE_ONLY, Augmented, Augmenter
+from .augment import IMAGE_ONLY, MASK_SAFE, Augmented, Augmenter
 from .backends import make_program
 from .data import load
 from .model import Model, Objective
@@ -106,7 +106,6 @@ class TrainStep:
 
     def __init__(self, train_graph, model: Model, data, seed: int):
         self.device = model.device
-        self.augment = Augmenter(model.spec.config.augment, seed, model.device)
         self.mixed_loss = any(v.input_name == "y_b" for v in train_graph.inputs)
         self.program = make_program(train_graph, training=True, backend=model.backend,
                                     device=model.device, seed=seed)
@@ -116,6 +115,10 @@ class TrainStep:
         # input name -> (n, *input) f32: every example of the training split
         self.xs = model.shape_inputs(data.train.x, f"{data.name} examples")
         self.objective = Objective(model.spec, train_graph)
+        seg = self.objective.seg               # (output, mask input, classes, ignore label)
+        self.mask_name = seg[1] if seg else None     # masks move with their images
+        self.augment = Augmenter(model.spec.config.augment, seed, model.device,
+                                 mask_fill=seg[3] if seg else 255)
         # target inputs: y (n,) i64 / (n, k) f32, masks (n, H, W) i64, ...
         self.targets = {name: torch.as_tensor(data.train.target(name), device=model.device)
                         for name in self.objective.inputs}
@@ -135,11 +138,14 @@ class TrainStep:
         self.lr.fill_(lr)
         inputs = {name: x.index_select(0, idx) for name, x in self.xs.items()}
         inputs.update(targets, lr=self.lr)
-        batch = self.augment(inputs[self.x_name]) if self.augment else None
+        batch = self.augment(inputs[self.x_name], targets.get(self.mask_name)) \
+            if self.augment else None
         if batch is not None:
             inputs[self.x_name] = batch.x
+            if batch.masks is not None:
+                targets[self.mask_name] = inputs[self.mask_name] = batch.masks
             inputs.update(self._mixed_inputs(inputs, batch))
-            inputs.update(self._mixed_labels(targets["y"], batch))
+            inputs.update(self._mixed_labels(targets.get("y"), batch))
         outs, updates, _ = self.program.run(self.state, inputs)
         self.state.update(updates)
         if not self.started:
@@ -571,6 +577,24 @@ def _check_term(model: Model, data, cfg, term) -> None:
                         f"{data.name} ({list(have)} per example)", out_loc or span)
 
 
+def _check_augment_targets(cfg, term) -> None:
+    """An augment chain may move a segmentation mask with its image (MASK_SAFE transforms);
+    boxes and label mixing of masks are not transformed."""
+    target = target_input(term.target)
+    if not cfg.augment or target == "y":
+        return
+    if term.call.name == "pixel_cross_entropy":
+        bad = next((c for c in cfg.augment if c.name not in MASK_SAFE), None)
+        if bad is None:
+            return
+        raise UserError(f"{bad.name} cannot be applied to a segmentation mask: the "
+                        f"{term.target} would no longer match the images", bad.span,
+                        hint=f"with masks, augment takes {', '.join(MASK_SAFE)}")
+    raise UserError(f"augment transforms the images only, so their {term.target} would "
+                    "no longer match them", cfg.spans.get("augment", term.span),
+                    hint="leave augment out when a loss reads boxes or other targets")
+
+
 def _versions() -> dict:
     import lark
     from .. import __version__
@@ -584,10 +608,7 @@ def _check_data(model: Model, data, cfg) -> None:
     g = model.spec.graph
     for term in cfg.loss_terms():
         _check_term(model, data, cfg, term)
-        if cfg.augment and target_input(term.target) != "y":
-            raise UserError(f"augment transforms the images only, so their {term.target} would "
-                            "no longer match them", cfg.spans.get("augment", term.span),
-                            hint="leave augment out when a loss reads masks or boxes")
+        _check_augment_targets(cfg, term)
     try:
         model.shape_inputs(data.train.take(slice(0, 1)).x, f"{data.name} examples")
     except UserError as e:

@@ -48,3 +48,28 @@ def interrupt_at_validation(monkeypatch):
 
         monkeypatch.setattr(model_mod.Model, "evaluate_arrays", interrupted)
     return arm
+
+
+@pytest.fixture
+def fed_inputs(monkeypatch):
+    """Spies on training: a list that gets, for every optimizer step, {"step": the
+    TrainStep, "idx": the batch's example indices, "inputs": copies of what the train
+    program was fed}."""
+    from dlc.runtime import loop
+    seen, real = [], loop.TrainStep.run
+
+    def spy(self, idx, lr):
+        program_run = self.program.run
+
+        def capture(state, inputs):
+            seen.append({"step": self, "idx": idx,
+                         "inputs": {k: v.clone() for k, v in inputs.items()}})
+            return program_run(state, inputs)
+        self.program.run = capture
+        try:
+            real(self, idx, lr)
+        finally:
+            self.program.run = program_run
+
+    monkeypatch.setattr(loop.TrainStep, "run", spy)
+    return seen

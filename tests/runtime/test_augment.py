@@ -217,7 +217,8 @@ def test_only_training_batches_are_augmented(tmp_path, monkeypatch):
     spec = tiny(tmp_path)
     calls = []
     real = Augmenter.__call__
-    monkeypatch.setattr(Augmenter, "__call__", lambda self, x: calls.append(len(x)) or real(self, x))
+    monkeypatch.setattr(Augmenter, "__call__",
+                        lambda self, x, masks=None: calls.append(len(x)) or real(self, x, masks))
     final = run_training(spec, tmp_path / "run", backend="reference", device="cpu",
                          progress=False)
     data = load(spec.config.data, 0, tmp_path)
@@ -254,3 +255,47 @@ def test_an_image_transform_on_flat_inputs_is_a_located_error(tmp_path):
         run_training(spec, tmp_path / "run", backend="reference", device="cpu", progress=False)
     assert "flip transforms images" in e.value.message
     assert (e.value.span.line, e.value.span.col) == (6, 27)
+
+
+# -- segmentation masks move with their images ---------------------------------------------
+
+def _blocky(n=4, h=16, w=16, seed=0):
+    """Masks of 4x4 blocks of classes 0..3, and images whose channel 0 is the mask."""
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.randint(0, 4, (n, h // 4, w // 4), generator=g).repeat_interleave(4, 1) \
+        .repeat_interleave(4, 2)
+    x = torch.randn(n, 3, h, w, generator=g)
+    x[:, 0] = masks.float()
+    return x, masks
+
+
+@pytest.mark.parametrize("name,kw", [("crop", {"padding": 3}), ("flip", {"p": 0.5})])
+def test_crop_and_flip_move_a_mask_exactly_as_its_image(name, kw):
+    x, masks = _blocky()
+    out = Augmenter([call(name, **kw)], 1, "cpu", mask_fill=255)(x, masks)
+    assert out.masks.shape == masks.shape and out.masks.dtype == masks.dtype
+    padded = out.masks == 255                     # crop's padding: the ignore label ...
+    assert torch.all(out.x[:, 1:][padded[:, None].expand(-1, 2, -1, -1)] == 0)  # ... over zeros
+    assert torch.equal(out.x[:, 0][~padded], out.masks[~padded].float())
+    if name == "crop":
+        assert padded.any()
+    else:
+        assert not torch.equal(out.masks, masks)              # something was flipped
+
+
+def test_resized_crop_moves_a_mask_by_nearest_pixel():
+    x, masks = _blocky(n=8, h=32, w=32, seed=2)
+    same = Augmenter([call("resized_crop", scale=[1.0, 1.0], ratio=[1.0, 1.0])], 0, "cpu")
+    assert torch.equal(same(x, masks).masks, masks)             # the whole image: unchanged
+    out = Augmenter([call("resized_crop", scale=[0.3, 0.6])], 0, "cpu")(x, masks)
+    assert set(out.masks.unique().tolist()) <= set(masks.unique().tolist())   # still classes
+    # away from block edges the bilinear image channel is the class the mask says
+    agree = (out.x[:, 0].round() == out.masks.float()).float().mean().item()
+    assert agree > 0.8, agree
+
+
+def test_photometric_transforms_leave_a_mask_alone():
+    x, masks = _blocky()
+    out = Augmenter([call("jitter", brightness=0.4), call("noise", std=0.1),
+                     call("cutout", size=4)], 0, "cpu")(x, masks)
+    assert torch.equal(out.masks, masks) and not torch.equal(out.x, x)

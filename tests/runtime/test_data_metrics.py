@@ -272,41 +272,27 @@ def test_predict_encodes_a_csv_as_the_training_csv_was(tmp_path, capsys):
     assert "no column 'color'" in capsys.readouterr().err
 
 
-def test_mixup_mixes_every_input_of_a_two_input_model_alike(tmp_path, monkeypatch):
+def test_mixup_mixes_every_input_of_a_two_input_model_alike(tmp_path, monkeypatch, fed_inputs):
     """The augment chain transforms the first input; with mixup the second input is mixed
     with the same λ and partners: λ·b + (1 − λ)·b[perm]."""
-    from dlc.runtime import augment, loop
+    from dlc.runtime import augment
     rng = np.random.default_rng(0)
     left, right = (rng.normal(size=(64, k)).astype(np.float32) for k in (3, 2))
     np.savez(tmp_path / "d.npz", left=left, right=right, y=(left[:, 0] > 0).astype(np.int64))
     (tmp_path / "two.dls").write_text(TWO.replace("epochs    3", "epochs    1\n"
                                                   "    augment   mixup(0.4)"))
-    steps, real_aug, real_run = [], augment.Augmenter.__call__, loop.TrainStep.run
+    batches, real_aug = [], augment.Augmenter.__call__
 
-    def remember_batch(self, x):
-        steps[-1]["aug"] = real_aug(self, x)
-        return steps[-1]["aug"]
-
-    def remember_inputs(self, idx, lr):
-        steps.append({"b": self.xs["b"].index_select(0, idx).clone()})
-        real_program = self.program.run
-
-        def capture(state, inputs):
-            steps[-1]["fed"] = {k: inputs[k].clone() for k in ("a", "b")}
-            return real_program(state, inputs)
-        self.program.run = capture
-        try:
-            real_run(self, idx, lr)
-        finally:
-            self.program.run = real_program
+    def remember_batch(self, x, masks=None):
+        batches.append(real_aug(self, x, masks))
+        return batches[-1]
 
     monkeypatch.setattr(augment.Augmenter, "__call__", remember_batch)
-    monkeypatch.setattr(loop.TrainStep, "run", remember_inputs)
     dlc.train(dlc.compile_spec(tmp_path / "two.dls"), tmp_path / "run", backend="reference",
               progress=False)
-    assert len(steps) >= 3
-    for step in steps:
-        aug, b, fed = step["aug"], step["b"], step["fed"]
+    assert len(fed_inputs) == len(batches) >= 3
+    for rec, aug in zip(fed_inputs, batches):
+        b, fed = rec["step"].xs["b"].index_select(0, rec["idx"]), rec["inputs"]
         assert 0 < aug.lam < 1 and not torch.equal(aug.perm, torch.arange(len(aug.perm)))
         torch.testing.assert_close(fed["b"], aug.lam * b + (1 - aug.lam) * b[aug.perm])
         torch.testing.assert_close(fed["a"], aug.x)

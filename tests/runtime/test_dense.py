@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import dlc
+
 import numpy as np
 import torch
 
@@ -151,3 +153,24 @@ def test_voc_data_source_trains(tmp_path, capsys):
     final = json.loads((tmp_path / "run" / "final.json").read_text())
     assert 0 <= final["test_miou"] <= 1
     assert (tmp_path / "run" / "overlay.png").is_file()
+
+
+def test_augment_moves_the_masks_of_a_segmentation_run(tmp_path, fed_inputs):
+    """crop and flip in a segmentation run: the masks the train step feeds the loss are the
+    augmented ones (crop's padding carries the ignore label 255) and the run trains."""
+    spec = tmp_path / "seg.dls"
+    spec.write_text(SEG.replace("    epochs 2", "    epochs 1\n    augment crop(padding=3) -> flip"))
+    final = dlc.train(dlc.compile_spec(spec), tmp_path / "run", backend="reference",
+                      progress=False)
+    fed = [r["inputs"]["masks"] for r in fed_inputs]
+    assert fed and all((m == 255).any() for m in fed)          # padded border: ignored
+    assert all(set(m.unique().tolist()) <= {0, 1, 2, 3, 255} for m in fed)
+    assert 0 < final["test_miou"] <= 1
+
+
+def test_a_mixer_on_masks_is_a_located_error(tmp_path, capsys):
+    spec = tmp_path / "seg.dls"
+    spec.write_text(SEG.replace("    epochs 2", "    epochs 1\n    augment flip -> mixup(0.2)"))
+    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "seg.dls:15:21: error: mixup cannot be applied to a segmentation mask" in err, err
