@@ -131,6 +131,11 @@ class Plan:
     def launches(self) -> int:
         return len(self.kernels)
 
+    @property
+    def torch_steps(self) -> int:
+        """Steps that run an op's reference forward (no Triton kernel; torch_call.py)."""
+        return sum(k.family == "torch" for k in self.kernels)
+
 
 def pattern(vshape: tuple, ishape: tuple) -> str | None:
     """How a value of shape `vshape` is read at an element of an iteration over `ishape`:

@@ -21,7 +21,9 @@ in kernels.py.
 How an op lowers is declared in its registry class (`Op.triton`): "elementwise" (its
 `triton_ew` writes the expression), "remat" (elementwise with no tensor loads, recomputed
 wherever it is used: masks, constants, step counters), "view" (no kernel: a reshape of a
-contiguous buffer), or the name of the template family that anchors a kernel.
+contiguous buffer), the name of the template family that anchors a kernel, or "torch"
+(no Triton kernel: a step that calls the op's reference forward on the plan's buffers,
+compiler/torch_call.py; `--emit plan` marks it).
 
 `format_plan` is the `--emit plan` text; `uncovered` lists nodes without a lowering.
 """
@@ -121,7 +123,9 @@ def format_plan(p: Plan) -> str:
     lines = [f"plan {p.graph.name} ({env})"]
     for k in p.kernels:
         grid = "x".join(str(x) for x in k.grid)
-        lines.append(f"kernel {k.index} {k.name}  grid {grid}")
+        lines.append(f"kernel {k.index} {k.name}  " + (
+            "torch (the op's reference forward, no Triton kernel)" if k.family == "torch"
+            else f"grid {grid}"))
         for n in k.nodes():
             outs = ", ".join(p.name(o) for o in n.outputs)
             where = "  ".join(x for x in (n.scope, n.loc.short if n.loc is not None else "") if x)
@@ -150,6 +154,10 @@ def format_plan(p: Plan) -> str:
     lines.append(f"totals: {n_nodes} IR nodes in {len(p.kernels)} kernels "
                  f"({len({k.name for k in p.kernels})} distinct sources)")
     lines.append(f"launches: {len(p.kernels)} per step")
+    torch_steps = [k.anchor.op for k in p.kernels if k.family == "torch"]
+    if torch_steps:
+        lines.append(f"torch steps: {len(torch_steps)} ({', '.join(sorted(set(torch_steps)))}): "
+                     "no Triton kernels yet, and no CUDA-graph capture")
     return "\n".join(lines) + "\n"
 
 

@@ -322,6 +322,9 @@ def _tile(var: str, mask: str) -> str:
 
 def render_kernel(plan, k, table: ArgTable, overrides: dict | None = None) -> None:
     from .templates import template
+    if k.family == "torch":                       # no Triton kernel: the op's reference
+        from .torch_call import render_torch      # forward between the kernels
+        return render_torch(plan, k, table)
     ctx = KernelCtx(plan, k, table, overrides)
     template(k.family)(ctx)
     body = "\n".join(ctx.lines)
@@ -345,6 +348,9 @@ def render_plan(plan, configs: dict[int, dict] | None = None) -> str:
         seen.setdefault(k.name, k.source)
     env = ", ".join(f"{a}={b}" for a, b in sorted(plan.env.items()))
     out = [HEADER.format(graph=plan.graph.name, env=env)]
+    if any(k.family == "torch" for k in plan.kernels):
+        from .torch_call import HEADER as TORCH_HEADER
+        out.append(TORCH_HEADER)
     for src in seen.values():
         out.append(src + "\n")
     out.append("def step(b):")
@@ -352,6 +358,9 @@ def render_plan(plan, configs: dict[int, dict] | None = None) -> str:
         grid = "(" + ", ".join(str(x) for x in k.grid) + ",)"
         covers = ", ".join(n.op for n in k.nodes()[:4]) + (", ..." if len(k.nodes()) > 4 else "")
         out.append(f"    # kernel {k.index}: {covers}")
+        if k.family == "torch":
+            out.append(f"    {k.name}(b)")
+            continue
         args = ", ".join(f"b[{a.index}]" if isinstance(a, TableRef) else repr(a)
                          for a in k.argv)
         out.append(f"    {k.name}[{grid}]({args})")

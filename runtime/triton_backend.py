@@ -15,7 +15,8 @@ from the kernel cache (runtime/kcache.py) and allocates:
 The step is `module.step(table)`. On a CUDA GPU it is captured as a CUDA graph after a
 warm-up run and replayed, with the inputs (the batch, the labels and the learning rate)
 copied into static buffers, so nothing recompiles and the host only launches one graph
-(set DLC_CUDA_GRAPH=0 to launch kernel by kernel). A last short batch gets its own plan.
+(set DLC_CUDA_GRAPH=0 to launch kernel by kernel). A plan with `torch` steps (ops without
+kernels, compiler/torch_call.py) is launched step by step, not captured. A last short batch gets its own plan.
 """
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ class TritonProgram:
         inputs = {k: self._as_input(k, v) for k, v in inputs.items()}
         if not c.tuned:
             self._tune(c, state, inputs)
-        if self.cuda_graphs and plan.flat_state:
+        if self.cuda_graphs and plan.flat_state and not plan.torch_steps:
             self._run_captured(c, state, inputs)
         else:
             c.module.step(self._bind(c, state, inputs))
@@ -265,7 +266,10 @@ class TritonProgram:
             args = launch_args(k, b)
             sync()
             t0 = time.perf_counter()
-            fn[k.grid](*args)
+            if k.family == "torch":            # compiler/torch_call.py: takes the table
+                fn(b)
+            else:
+                fn[k.grid](*args)
             sync()
             times.append(KernelTime(k.name, _covers(k), time.perf_counter() - t0))
         return times

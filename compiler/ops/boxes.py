@@ -13,7 +13,8 @@ classes 1..C (0 is background), unused rows of class -1.
     assign_targets(anchors [K, 4] | [N, K, 4], gt [N, M, 5]) -> labels [N, K] i64, deltas [N, K, 4]
 
 None of them is trained through (their outputs are constants to autodiff), and none has Triton
-kernels: `--backend triton` refuses a graph holding one with a located error.
+kernels: on the triton backend each runs as a `torch` step, its reference forward between the
+kernels (compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -156,6 +157,7 @@ def sample(labels, batch: int, positive_fraction: float, generator):
 # -- the ops ------------------------------------------------------------------------------------
 
 class _BoxOp(Op):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     differentiable = False
 
 

@@ -14,7 +14,8 @@ and decoding.
 positives, 0 sampled negatives, -1 left out.  A YOLO cell holds B boxes (x, y, sqrt w, sqrt h,
 confidence) then C class scores; x, y are offsets in the cell, w, h fractions of the image (the
 network predicts their square roots, as the paper's loss asks).  Every gradient is written out
-(a backward op beside its forward); none of these ops has Triton kernels yet.
+(a backward op beside its forward); none of these ops has Triton kernels yet (on the triton
+backend they run as `torch` steps, compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def smooth_l1_grad(diff, beta: float):
 
 @register
 class SmoothL1(FirstInputGrad):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = layer = "smooth_l1"
     n_inputs = 2
     args = (Arg("beta", 1.0, kind="float", doc="where the quadratic part turns linear"),)
@@ -60,6 +62,7 @@ class SmoothL1(FirstInputGrad):
 
 @register
 class SmoothL1Bwd(FirstInputGradBwd):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = "smooth_l1_bwd"
 
     def forward(self, ins, attrs, ctx):
@@ -77,6 +80,7 @@ def _rpn_masks(labels, dtype):
 
 @register
 class RpnLoss(Op):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = layer = "rpn_loss"
     n_inputs = 4
     args = (Arg("beta", None, kind="float", doc="smooth-L1 beta of the box term; 1/9"),
@@ -118,6 +122,7 @@ class RpnLoss(Op):
 class RpnLossBwd(Op):
     """d/d objectness = (sigmoid(z) - [positive]) sampled / n;
     d/d deltas = box_weight * smooth_l1'(d - t) positive / n."""
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "rpn_loss_bwd"
     n_inputs = 5
@@ -143,6 +148,7 @@ def _yolo_dims(t: TensorType, what: str, boxes: int | None = None):
 
 
 class _YoloOp(Op):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     args = (Arg("boxes", 2, kind="int", doc="boxes per cell (B)"),
             Arg("size", None, kind="int2", doc="image size in pixels, s or [h, w]"))
 
@@ -275,6 +281,7 @@ class YoloLoss(FirstInputGrad, _YoloOp):
 @register
 class YoloLossBwd(FirstInputGradBwd):
     """d loss / d pred = 2 weight (pred - target) / N (the IoU target is a constant)."""
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "yolo_loss_bwd"
 

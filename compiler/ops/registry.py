@@ -66,7 +66,9 @@ class Op:
     doc: str = ""
     # How it lowers to Triton (compiler/plan.py): "elementwise" (`triton_ew` writes it),
     # "remat" (elementwise without tensor loads, recomputed where used), "view" (no kernel),
-    # the template family that anchors a kernel (compiler/templates/), or None (no kernels).
+    # the template family that anchors a kernel (compiler/templates/), "torch" (no kernel:
+    # its reference forward runs as a step of its own, compiler/torch_call.py), or None
+    # (the triton backend refuses it).
     triton: str | None = None
     triton_prologue: tuple[int, ...] = ()   # anchor inputs that accept an inlined chain
     triton_epilogue: bool = False           # anchor output 0 goes through the epilogue hook

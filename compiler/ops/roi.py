@@ -17,7 +17,8 @@ pooling's (floor/ceil: every cell is covered), a level's bins flattened channel-
 levels concatenated in order.
 
 Gradients flow to x only (RoIs are proposals, not trained through).  No Triton kernels yet:
-`--backend triton` refuses these ops with a located error.
+on the triton backend these ops and their gradients run as `torch` steps (their reference
+forwards between the kernels, compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -197,6 +198,7 @@ def spp_grad(gy, x, levels):
 # -- the ops ------------------------------------------------------------------------------------
 
 class _RoiOp(FirstInputGrad):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     n_inputs = 2
     args = (Arg("output", 7, kind="int2", doc="bins per RoI, k or [oh, ow]"),
             Arg("spatial_scale", 1.0, kind="float", doc="feature-map cells per input pixel"))
@@ -230,6 +232,7 @@ class RoiPool(_RoiOp):
 @register
 class RoiPoolBwd(FirstInputGradBwd):
     """dL/dx: each bin's gradient added at its argmax (recomputed from x)."""
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "roi_pool_bwd"
 
@@ -266,6 +269,7 @@ class RoiAlign(_RoiOp):
 @register
 class RoiAlignBwd(FirstInputGradBwd):
     """dL/dx[b] = sum over RoIs r of image b: Ay[r]^T gy[r] Ax[r]."""
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "roi_align_bwd"
 
@@ -287,6 +291,7 @@ def _levels_attr(bound) -> tuple:
 
 @register
 class Spp(FirstInputGrad):
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = layer = "spp"
     args = (Arg("levels", None, doc="bins per side of each pyramid level; [1, 2, 4]"),)
     doc = "SPP-Net's spatial pyramid max pooling of a whole map: [N, C*sum(l*l)]."
@@ -308,6 +313,7 @@ class Spp(FirstInputGrad):
 @register
 class SppBwd(FirstInputGradBwd):
     """dL/dx: each level's slice of gy routed to its bins' argmax, summed over levels."""
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "spp_bwd"
     n_inputs = 2
@@ -344,6 +350,7 @@ class RoiSpp(_RoiOp):
 @register
 class RoiSppBwd(FirstInputGradBwd):
     """dL/dx: roi_pool's gradient of each level's slice of gy, summed."""
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "roi_spp_bwd"
 

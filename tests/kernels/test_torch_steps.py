@@ -1,0 +1,74 @@
+"""Ops without Triton kernels run as `torch` steps of a Triton plan (compiler/torch_call.py):
+their reference forward on the plan's buffers. These tests check the plumbing against the
+reference backend — views, several outputs, integer outputs, gradients, a value the plan
+recomputes instead of storing — and that the plan shows the steps."""
+from __future__ import annotations
+
+import torch
+
+from dlc.compiler.autodiff import backward
+from dlc.compiler.ir import Graph, TensorType
+from dlc.compiler.ops import Builder
+from dlc.compiler.plan import format_plan
+from dlc.runtime.triton_backend import TritonProgram
+
+from .kernel_check import op_graph, run_both
+
+
+def _rois(n_images: int, r: int, size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(r, 2, generator=g) * size * 0.6
+    wh = torch.rand(r, 2, generator=g) * size * 0.4 + 1
+    index = torch.randint(0, n_images, (r, 1), generator=g).float()
+    return torch.cat([index, xy, xy + wh], 1)                        # (R, 5)
+
+
+def test_roi_pool_and_its_gradient_run_as_torch_steps_between_kernels():
+    g = op_graph("roi_pool", [(2, 3, 12, 12), (5, 5)],
+                 {"output": (3, 3), "spatial_scale": 0.5}, grad_wrt=(0,))
+    gen = torch.Generator().manual_seed(1)
+    inputs = {"x0": torch.randn(2, 3, 12, 12, generator=gen), "x1": _rois(2, 5, 24),
+              "r": torch.randn(5, 3, 3, 3, generator=gen)}
+    plan = run_both(g, inputs)
+    assert [k.anchor.op for k in plan.kernels if k.family == "torch"] == ["roi_pool",
+                                                                           "roi_pool_bwd"]
+    assert plan.torch_steps == 2 and len(plan.kernels) > 2          # the mul is a kernel
+    text = format_plan(plan)
+    assert "torch (the op's reference forward, no Triton kernel)" in text
+    assert "torch steps: 2 (roi_pool, roi_pool_bwd)" in text
+
+
+def test_decode_then_nms_keep_their_several_and_integer_outputs():
+    """yolo_decode gives boxes, scores and i64 classes; nms reads all three."""
+    g = Graph("t")
+    pred = g.add_input("pred", TensorType((2, 3, 3, 5 * 2 + 4), "f32"))
+    b = Builder(g)
+    boxes, scores, classes = b.emit("yolo_decode", [pred], {"boxes": 2, "size": (48, 48)})
+    keep = b.emit1("nms", [boxes, scores, classes], {"iou": 0.3})
+    g.outputs = [boxes, scores, classes, keep]
+    x = torch.rand(2, 3, 3, 14, generator=torch.Generator().manual_seed(2))
+    plan = run_both(g, {"pred": x}, rtol=0, atol=0)
+    assert plan.torch_steps == 2
+    assert plan.buffers[id(classes)].dtype == "i64"
+
+
+def test_a_loss_gradient_reads_the_recomputed_seed_of_autodiff():
+    """d smooth_l1 / d pred: the backward step reads autodiff's seed `ones_like(loss)`, a
+    value the plan never stores (remat): the torch step recomputes it."""
+    g = Graph("t")
+    pred = g.add_input("pred", TensorType((4, 6), "f32"))
+    target = g.add_input("target", TensorType((4, 6), "f32"))
+    b = Builder(g)
+    loss = b.emit1("smooth_l1", [pred, target], {"beta": 0.5})
+    grads = backward(g, loss, [pred])
+    g.outputs = [loss, grads[id(pred)]]
+    gen = torch.Generator().manual_seed(3)
+    inputs = {"pred": torch.randn(4, 6, generator=gen), "target": torch.randn(4, 6, generator=gen)}
+    plan = run_both(g, inputs, rtol=0, atol=0)
+    bwd = next(n for n in plan.nodes if n.op == "smooth_l1_bwd")
+    assert id(plan.producer[id(bwd.inputs[0])]) in plan.remat      # the seed is recomputed
+    want = torch.where((inputs["pred"] - inputs["target"]).abs() < 0.5,
+                       (inputs["pred"] - inputs["target"]) / 0.5,
+                       torch.sign(inputs["pred"] - inputs["target"])) / 24
+    (_, got), _, _ = TritonProgram(g, training=False).run({}, inputs)
+    torch.testing.assert_close(got, want)                 # F.smooth_l1_loss's gradient
