@@ -14,8 +14,9 @@ and decoding.
 positives, 0 sampled negatives, -1 left out.  A YOLO cell holds B boxes (x, y, sqrt w, sqrt h,
 confidence) then C class scores; x, y are offsets in the cell, w, h fractions of the image (the
 network predicts their square roots, as the paper's loss asks).  Every gradient is written out
-(a backward op beside its forward); none of these ops has Triton kernels yet (on the triton
-backend they run as `torch` steps, compiler/torch_call.py).
+(a backward op beside its forward). smooth_l1 has Triton kernels (a reduction in
+templates/loss.py, an elementwise gradient); the others have none yet and run on the triton
+backend as `torch` steps (compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -38,8 +39,10 @@ def smooth_l1_grad(diff, beta: float):
 
 @register
 class SmoothL1(FirstInputGrad):
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = layer = "smooth_l1"
+    triton = "loss"                    # a reduction over every element (templates/loss.py)
+    triton_prologue = (0, 1)
+    triton_epilogue = True
     n_inputs = 2
     args = (Arg("beta", 1.0, kind="float", doc="where the quadratic part turns linear"),)
     doc = ("Huber-like loss averaged over every element: 0.5 d^2/beta if |d| < beta, "
@@ -62,8 +65,21 @@ class SmoothL1(FirstInputGrad):
 
 @register
 class SmoothL1Bwd(FirstInputGradBwd):
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = "smooth_l1_bwd"
+    triton = "elementwise"
+
+    def triton_ew(self, e, ins, attrs):               # (gy, pred, target), as smooth_l1_grad
+        gy, pred, target = ins
+        n = 1
+        for d in e.in_shape(1):
+            n *= d
+        d = e.let(f"{pred} - {target}")
+        beta = attrs["beta"]
+        if beta <= 0:
+            g = e.let(f"tl.where({d} > 0, 1.0, tl.where({d} < 0, -1.0, 0.0))")
+        else:
+            g = e.let(f"tl.minimum(tl.maximum({d} / {float(beta)!r}, -1.0), 1.0)")
+        return [e.let(f"{gy} * {g} / {float(n)!r}")]
 
     def forward(self, ins, attrs, ctx):
         gy, pred, target = ins

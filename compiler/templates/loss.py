@@ -23,7 +23,8 @@ is rounded as the reference writes it, gy * (exp(z - max) / sum - q) / N, with 1
 eps / V passed in as floats (computed in double, as torch does).
 
 mse is a sum over every element of (pred - target)^2, divided by the count: the reduce
-family's reduction (reduce.py) with that term.
+family's reduction (reduce.py) with that term; smooth_l1 (Fast R-CNN's box loss) likewise
+with its Huber-like term.
 """
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def render(ctx) -> None:
         _cross_entropy_bwd(ctx)
     elif op == "mse":
         _mse(ctx)
+    elif op == "smooth_l1":
+        _smooth_l1(ctx)
     else:
         raise KeyError(f"loss template: no kernel for op {op!r}")
 
@@ -201,5 +204,25 @@ def _mse(ctx) -> None:
         b = ctx.load(1, offs, chan, mask)
         d = ctx.let(f"{a} - {b}")
         return ctx.let(f"{d} * {d}")
+
+    reduction(ctx, shape, range(len(shape)), term, lambda s: ctx.let(f"{s} / {count}"))
+
+
+def _smooth_l1(ctx) -> None:
+    """mean over every element of 0.5 d^2 / beta where |d| < beta, |d| - 0.5 beta elsewhere
+    (d = pred - target; beta 0: |d|), as F.smooth_l1_loss."""
+    shape = ctx.in_shape(0)
+    count = ctx.int("COUNT", numel(shape))
+    beta = float(ctx.attrs["beta"])
+
+    def term(offs, chan, mask):
+        a = ctx.load(0, offs, chan, mask)
+        b = ctx.load(1, offs, chan, mask)
+        d = ctx.let(f"{a} - {b}")
+        ad = ctx.let(f"tl.abs({d})")
+        if beta <= 0:
+            return ad
+        return ctx.let(f"tl.where({ad} < {beta!r}, 0.5 * {d} * {d} / {beta!r}, "
+                       f"{ad} - {0.5 * beta!r})")
 
     reduction(ctx, shape, range(len(shape)), term, lambda s: ctx.let(f"{s} / {count}"))

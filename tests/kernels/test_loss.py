@@ -14,7 +14,7 @@ from dlc.compiler.ops import Builder
 from dlc.compiler.templates import loss as loss_t
 from dlc.runtime.triton_backend import TritonProgram
 
-from .kernel_check import op_graph, run_both, cpu_only
+from .kernel_check import DEVICE, op_graph, run_both, cpu_only
 
 gen = torch.Generator().manual_seed(0)
 
@@ -164,3 +164,24 @@ def test_loss_plus_penalty_with_gradients(penalty_first):
     plan = run_both(g, {"z": rnd(9, 10), "y": labels(9, 10), "w": rnd(10, 20)})
     ks = [[n.op for n in k.nodes()] for k in plan.kernels]
     assert len(ks) == 3 and ["cross_entropy", "cross_entropy_bwd", "add"] in ks
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.3, 0.0])
+@pytest.mark.parametrize("shape", [(7, 4), (3, 5, 4), (300, 4)])
+def test_smooth_l1_and_gradient_against_torch(shape, beta):
+    """Fast R-CNN's box loss as a reduction kernel and an elementwise gradient: against the
+    reference backend, and against F.smooth_l1_loss and torch.autograd directly."""
+    g = op_graph("smooth_l1", [("N",) + shape[1:]] * 2, {"beta": beta}, grad_wrt=(0,))
+    pred, target, r = rnd(*shape) * 2, rnd(*shape), torch.tensor(0.7)
+    plan = run_both(g, {"x0": pred, "x1": target, "r": r})
+    assert plan.torch_steps == 0
+    assert any(k.anchor is not None and k.anchor.op == "smooth_l1" for k in plan.kernels)
+    if DEVICE != "cpu":
+        return
+    (loss, grad), _, _ = TritonProgram(g, training=False).run({}, {"x0": pred, "x1": target,
+                                                                 "r": r})
+    p = pred.clone().requires_grad_()
+    want = F.smooth_l1_loss(p, target, beta=beta)
+    (want * r).backward()
+    torch.testing.assert_close(loss, want.detach(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(grad, p.grad, rtol=1e-6, atol=1e-8)

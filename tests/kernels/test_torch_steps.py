@@ -53,22 +53,26 @@ def test_decode_then_nms_keep_their_several_and_integer_outputs():
 
 
 def test_a_loss_gradient_reads_the_recomputed_seed_of_autodiff():
-    """d smooth_l1 / d pred: the backward step reads autodiff's seed `ones_like(loss)`, a
+    """d yolo_loss / d pred: the backward step reads autodiff's seed `ones_like(loss)`, a
     value the plan never stores (remat): the torch step recomputes it."""
     g = Graph("t")
-    pred = g.add_input("pred", TensorType((4, 6), "f32"))
-    target = g.add_input("target", TensorType((4, 6), "f32"))
+    pred = g.add_input("pred", TensorType((2, 3, 3, 5 * 2 + 4), "f32"))
+    gt = g.add_input("gt", TensorType((2, 2, 5), "f32"))
     b = Builder(g)
-    loss = b.emit1("smooth_l1", [pred, target], {"beta": 0.5})
+    loss = b.emit1("yolo_loss", [pred, gt], {"boxes": 2, "size": (48, 48), "coord": 5.0,
+                                             "noobj": 0.5})
     grads = backward(g, loss, [pred])
     g.outputs = [loss, grads[id(pred)]]
     gen = torch.Generator().manual_seed(3)
-    inputs = {"pred": torch.randn(4, 6, generator=gen), "target": torch.randn(4, 6, generator=gen)}
+    boxes = torch.tensor([[[1, 4, 4, 20, 30], [3, 25, 10, 44, 40]],
+                          [[2, 0, 0, 47, 47], [-1, 0, 0, 0, 0]]], dtype=torch.float32)
+    inputs = {"pred": torch.rand(2, 3, 3, 14, generator=gen), "gt": boxes}
     plan = run_both(g, inputs, rtol=0, atol=0)
-    bwd = next(n for n in plan.nodes if n.op == "smooth_l1_bwd")
+    bwd = next(n for n in plan.nodes if n.op == "yolo_loss_bwd")
     assert id(plan.producer[id(bwd.inputs[0])]) in plan.remat      # the seed is recomputed
-    want = torch.where((inputs["pred"] - inputs["target"]).abs() < 0.5,
-                       (inputs["pred"] - inputs["target"]) / 0.5,
-                       torch.sign(inputs["pred"] - inputs["target"])) / 24
+    assert plan.torch_steps == 2
+    p = inputs["pred"].clone().requires_grad_()
+    from dlc.compiler.ops import get
+    get("yolo_loss").forward([p, boxes], bwd.attrs, None)[0].backward()
     (_, got), _, _ = TritonProgram(g, training=False).run({}, inputs)
-    torch.testing.assert_close(got, want)                 # F.smooth_l1_loss's gradient
+    torch.testing.assert_close(got, p.grad)               # torch.autograd of the forward
