@@ -16,9 +16,10 @@ sampling_ratio <= 0), with a -0.5 pixel offset when `aligned`.  SPP's bins are a
 pooling's (floor/ceil: every cell is covered), a level's bins flattened channel-major and the
 levels concatenated in order.
 
-Gradients flow to x only (RoIs are proposals, not trained through).  No Triton kernels yet:
-on the triton backend these ops and their gradients run as `torch` steps (their reference
-forwards between the kernels, compiler/torch_call.py).
+Gradients flow to x only (RoIs are proposals, not trained through).  `spp` and its gradient
+have Triton kernels (templates/roi.py); the RoI ops have none yet: on the triton backend they
+and their gradients run as `torch` steps (their reference forwards between the kernels,
+compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -291,8 +292,9 @@ def _levels_attr(bound) -> tuple:
 
 @register
 class Spp(FirstInputGrad):
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
     name = layer = "spp"
+    triton = "roi"                     # templates/roi.py
+    triton_epilogue = True
     args = (Arg("levels", None, doc="bins per side of each pyramid level; [1, 2, 4]"),)
     doc = "SPP-Net's spatial pyramid max pooling of a whole map: [N, C*sum(l*l)]."
 
@@ -313,9 +315,10 @@ class Spp(FirstInputGrad):
 @register
 class SppBwd(FirstInputGradBwd):
     """dL/dx: each level's slice of gy routed to its bins' argmax, summed over levels."""
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
 
     name = "spp_bwd"
+    triton = "roi"
+    triton_epilogue = True
     n_inputs = 2
 
     def forward(self, ins, attrs, ctx):

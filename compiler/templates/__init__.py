@@ -10,6 +10,7 @@
     copy          concat and slice (copy.py)
     dense         crop, bilinear resizing, adaptive average pooling, per-pixel cross-entropy,
                   and their gradients (dense.py)
+    roi           spatial pyramid pooling and its gradient (roi.py)
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import importlib
 
 from ..ir import numel  # noqa: F401  (templates import it from here)
 
-FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy", "dense")
+FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy", "dense",
+            "roi")
 
 
 def template(family: str):
