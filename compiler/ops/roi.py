@@ -17,8 +17,8 @@ pooling's (floor/ceil: every cell is covered), a level's bins flattened channel-
 levels concatenated in order.
 
 Gradients flow to x only (RoIs are proposals, not trained through).  `spp` and its gradient
-have Triton kernels (templates/roi.py); the RoI ops have none yet: on the triton backend they
-and their gradients run as `torch` steps (their reference forwards between the kernels,
+have Triton kernels (templates/roi.py), and so does roi_pool's forward; the other RoI ops and
+the RoI gradients have none yet: on the triton backend they run as `torch` steps (their reference forwards between the kernels,
 compiler/torch_call.py).
 """
 from __future__ import annotations
@@ -220,6 +220,8 @@ class _RoiOp(FirstInputGrad):
 @register
 class RoiPool(_RoiOp):
     name = layer = "roi_pool"
+    triton = "roi"                     # templates/roi.py (its gradient: a torch step)
+    triton_epilogue = True
     doc = "Fast R-CNN's RoI max pooling (torchvision.ops.roi_pool): [R, C, oh, ow]."
 
     def flops(self, ins, outs, attrs):

@@ -1,5 +1,5 @@
 """Region pooling kernels: SPP-Net's spatial pyramid (adaptive max pooling at each level of a
-whole map, the levels concatenated) and its gradient.
+whole map, the levels concatenated) and its gradient, and Fast R-CNN's RoI max pooling.
 
     spp       output [N, C*sum(l*l)], flat, in blocks of BLOCK: element r of an image is
               level L's bin (c, i, j) for the L with base <= r < base + C*L*L; its window is
@@ -13,6 +13,11 @@ whole map, the levels concatenated) and its gradient.
               bin's argmax recomputed by the forward's scan; gy of every bin whose argmax is
               this pixel is summed: a gather, no atomics
 
+    roi_pool  output [R, C, PH, PW]: the RoI's corners scaled and rounded (half away from
+              zero), each bin cut at floor/ceil of max(roi, 1) / bins in float64 and clipped
+              to the map, the max over it (0 for an empty bin); the window loops run to the
+              block's largest bin. Its gradient is still a torch step.
+
 The levels are attributes, so each level is its own unrolled section of the kernel.
 """
 from __future__ import annotations
@@ -25,13 +30,21 @@ INTERPRETER_BLOCK = 2048       # the interpreter's cost is per program: few, lar
 
 
 def render(ctx) -> None:
-    {"spp": spp, "spp_bwd": spp_bwd}[ctx.node.op](ctx)
+    {"spp": spp, "spp_bwd": spp_bwd, "roi_pool": roi_pool}[ctx.node.op](ctx)
 
 
 def _block(ctx) -> int:
     block = INTERPRETER_BLOCK if ctx.interpreted else BLOCK
     ctx.const("BLOCK", block)
     return block
+
+
+def _elements(ctx, total: int, what: str) -> None:
+    """TOTAL, BLOCK and the grid over `total` elements; offs and mask."""
+    ctx.int("TOTAL", total)
+    ctx.grid = (max(1, cdiv(total, _block(ctx))),)
+    ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # {what}")
+    ctx.emit("mask = offs < TOTAL")
 
 
 def _levels(ctx, c: int):
@@ -78,12 +91,8 @@ def spp(ctx) -> None:
     x_shape = ctx.in_shape(0)
     levels, width = _levels(ctx, x_shape[1])
     _sizes(ctx, x_shape, levels)
-    total = numel(ctx.out_shape(0))
-    ctx.int("TOTAL", total), ctx.int("WIDTH", width)
-    block = _block(ctx)
-    ctx.grid = (max(1, cdiv(total, block)),)
-    ctx.emit("offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)")
-    ctx.emit("mask = offs < TOTAL")
+    ctx.int("WIDTH", width)
+    _elements(ctx, numel(ctx.out_shape(0)), "[N, WIDTH]")
     ctx.emit("n = offs // WIDTH")
     ctx.emit("r = offs % WIDTH")
     ctx.emit("out = tl.zeros([BLOCK], dtype=tl.float32)")
@@ -107,13 +116,9 @@ def spp_bwd(ctx) -> None:
     _, c, h, w = x_shape
     levels, width = _levels(ctx, c)
     _sizes(ctx, x_shape, levels)
-    total = numel(x_shape)
-    ctx.int("TOTAL", total), ctx.int("WIDTH", width)
-    block = _block(ctx)
-    ctx.grid = (max(1, cdiv(total, block)),)
+    ctx.int("WIDTH", width)
+    _elements(ctx, numel(x_shape), "x's elements")
     e = ctx.emit
-    e("offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # x's elements")
-    e("mask = offs < TOTAL")
     e("pw = offs % W")
     e("ph = (offs // W) % H")
     e("nc = offs // (H * W)")
@@ -140,3 +145,67 @@ def spp_bwd(ctx) -> None:
         e(f"acc += tl.where(hit, {g}, 0.0)")
         ctx.indent -= 2
     ctx.epilogue("acc", "offs", "c", "mask")
+
+
+# -- RoI max pooling (Fast R-CNN) -------------------------------------------------------------
+
+def _roi_corners(ctx, rois_i: int, rank: int) -> None:
+    """b (image), x0, y0, x1, y1 of RoI r (int64, on the feature map: the corners scaled
+    by SCALE in float64 and rounded half away from zero, as torchvision's roi_pool)."""
+    e = ctx.emit
+    if rank == 2:                                         # [R, 5]: (image, x0, y0, x1, y1)
+        first = ctx.load(rois_i, "r * 5", "r", "mask")
+        e(f"b = {first}.to(tl.int64)")
+        cols = [ctx.load(rois_i, f"r * 5 + {k + 1}", "r", "mask") for k in range(4)]
+    else:                                                 # [N, P, 4]: P boxes per image
+        e("b = r // P")
+        cols = [ctx.load(rois_i, f"r * 4 + {k}", "r", "mask") for k in range(4)]
+    for name, v in zip(("x0", "y0", "x1", "y1"), cols):
+        e(f"{name}f = {v}.to(tl.float64) * SCALE")
+        e(f"{name} = tl.where({name}f < 0, -tl.floor(-{name}f + 0.5), "
+          f"tl.floor({name}f + 0.5)).to(tl.int64)")
+
+
+def _roi_bins(ctx) -> None:
+    """hs, he, ws, we: the bin (ph, pw) of the RoI, clipped to the map (torchvision's
+    floor/ceil cuts of max(roi, 1) / bins, computed in float64)."""
+    e = ctx.emit
+    e("bin_h = tl.maximum(y1 - y0 + 1, 1).to(tl.float64) / PH")
+    e("bin_w = tl.maximum(x1 - x0 + 1, 1).to(tl.float64) / PW")
+    e("hs = tl.minimum(tl.maximum(tl.floor(ph.to(tl.float64) * bin_h).to(tl.int64) + y0, 0), H)")
+    e("he = tl.minimum(tl.maximum(tl.ceil((ph + 1).to(tl.float64) * bin_h).to(tl.int64) + y0, 0), H)")
+    e("ws = tl.minimum(tl.maximum(tl.floor(pw.to(tl.float64) * bin_w).to(tl.int64) + x0, 0), W)")
+    e("we = tl.minimum(tl.maximum(tl.ceil((pw + 1).to(tl.float64) * bin_w).to(tl.int64) + x0, 0), W)")
+
+
+def roi_pool(ctx) -> None:
+    r, c, ph, pw = ctx.out_shape(0)
+    _, _, h, w = ctx.in_shape(0)
+    rank = len(ctx.in_shape(1))
+    ctx.int("C", c), ctx.int("H", h), ctx.int("W", w)
+    ctx.int("PH", ph), ctx.int("PW", pw)
+    if rank == 3:
+        ctx.int("P", ctx.in_shape(1)[1])
+    _elements(ctx, numel(ctx.out_shape(0)), "[R, C, PH, PW]")
+    e = ctx.emit
+    e("pw = offs % PW")
+    e("ph = (offs // PW) % PH")
+    e("c = (offs // (PW * PH)) % C")
+    e("r = offs // (PW * PH * C)")
+    e(f"SCALE = tl.full([], {float(ctx.attrs['spatial_scale'])!r}, tl.float64)")
+    _roi_corners(ctx, 1, rank)
+    _roi_bins(ctx)
+    e("plane = (b * C + c) * H * W")
+    e(f"best = tl.full([BLOCK], {NEG_INF}, tl.float32)")
+    e("rows = tl.max(tl.where(mask, he - hs, 0), axis=0)    # the block's tallest bin")
+    e("cols = tl.max(tl.where(mask, we - ws, 0), axis=0)")
+    e("for a in range(0, rows):")
+    ctx.indent += 1
+    e("for bb in range(0, cols):")
+    ctx.indent += 1
+    e("ok = mask & (hs + a < he) & (ws + bb < we)")
+    v = ctx.load(0, "plane + (hs + a) * W + ws + bb", "c", "ok", other=NEG_INF)
+    e(f"best = tl.where(ok & ({v} > best), {v}, best)")
+    ctx.indent -= 2
+    e("empty = (he <= hs) | (we <= ws)")
+    ctx.epilogue(ctx.let("tl.where(empty, 0.0, best)"), "offs", "c", "mask")

@@ -51,3 +51,22 @@ def test_spp_ties_and_nan_follow_torch():
     (want * r).sum().backward()
     torch.testing.assert_close(y, want.detach(), equal_nan=True)
     torch.testing.assert_close(gx, xx.grad)
+
+
+@pytest.mark.parametrize("layout", ["rois", "boxes"])
+def test_roi_pool_forward_kernel(layout):
+    """Fast R-CNN's RoI pooling: RoIs partly off the map, smaller than a bin, and half-pixel
+    corners that round away from zero; [R, 5] RoIs and [N, P, 4] boxes per image."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 10, 12, generator=gen)
+    boxes = torch.tensor([[[0.0, 0.0, 23.0, 19.0], [5.0, 3.0, 9.0, 7.0], [-8.0, -4.0, 6.0, 5.0]],
+                          [[14.0, 12.0, 30.0, 40.0], [1.0, 1.0, 2.0, 2.0], [4.5, 2.5, 17.0, 9.5]]])
+    if layout == "rois":
+        index = torch.arange(2.0).repeat_interleave(3)[:, None]
+        rois = torch.cat([index, boxes.reshape(6, 4)], 1)
+    else:
+        rois = boxes
+    g = op_graph("roi_pool", [tuple(x.shape), tuple(rois.shape)],
+                 {"output": (3, 2), "spatial_scale": 0.5})
+    plan = run_both(g, {"x0": x, "x1": rois}, rtol=0, atol=0)
+    assert [k.family for k in plan.kernels] == ["roi"]
