@@ -17,8 +17,8 @@ pooling's (floor/ceil: every cell is covered), a level's bins flattened channel-
 levels concatenated in order.
 
 Gradients flow to x only (RoIs are proposals, not trained through).  `spp` and its gradient
-have Triton kernels (templates/roi.py), and so does roi_pool's forward; the other RoI ops and
-the RoI gradients have none yet: on the triton backend they run as `torch` steps (their reference forwards between the kernels,
+have Triton kernels (templates/roi.py), and so do the forwards of roi_pool and roi_spp;
+roi_align and the RoI gradients have none yet: on the triton backend they run as `torch` steps (their reference forwards between the kernels,
 compiler/torch_call.py).
 """
 from __future__ import annotations
@@ -330,6 +330,8 @@ class SppBwd(FirstInputGradBwd):
 @register
 class RoiSpp(_RoiOp):
     name = layer = "roi_spp"
+    triton = "roi"                     # templates/roi.py (its gradient: a torch step)
+    triton_epilogue = True
     args = (Arg("levels", None, doc="bins per side of each pyramid level; [1, 2, 4]"),
             Arg("spatial_scale", 1.0, kind="float", doc="feature-map cells per input pixel"))
     doc = "SPP-Net's pyramid over RoIs: roi_pool at each level, flattened and concatenated."

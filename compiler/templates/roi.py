@@ -17,6 +17,8 @@ whole map, the levels concatenated) and its gradient, and Fast R-CNN's RoI max p
               zero), each bin cut at floor/ceil of max(roi, 1) / bins in float64 and clipped
               to the map, the max over it (0 for an empty bin); the window loops run to the
               block's largest bin. Its gradient is still a torch step.
+    roi_spp   output [R, C*sum(l*l)]: roi_pool with l x l bins at each level, the levels
+              unrolled as spp's are. Its gradient is still a torch step.
 
 The levels are attributes, so each level is its own unrolled section of the kernel.
 """
@@ -30,7 +32,7 @@ INTERPRETER_BLOCK = 2048       # the interpreter's cost is per program: few, lar
 
 
 def render(ctx) -> None:
-    {"spp": spp, "spp_bwd": spp_bwd, "roi_pool": roi_pool}[ctx.node.op](ctx)
+    {"spp": spp, "spp_bwd": spp_bwd, "roi_pool": roi_pool, "roi_spp": roi_spp}[ctx.node.op](ctx)
 
 
 def _block(ctx) -> int:
@@ -166,12 +168,12 @@ def _roi_corners(ctx, rois_i: int, rank: int) -> None:
           f"tl.floor({name}f + 0.5)).to(tl.int64)")
 
 
-def _roi_bins(ctx) -> None:
+def _roi_bins(ctx, bins_h: str = "PH", bins_w: str = "PW") -> None:
     """hs, he, ws, we: the bin (ph, pw) of the RoI, clipped to the map (torchvision's
     floor/ceil cuts of max(roi, 1) / bins, computed in float64)."""
     e = ctx.emit
-    e("bin_h = tl.maximum(y1 - y0 + 1, 1).to(tl.float64) / PH")
-    e("bin_w = tl.maximum(x1 - x0 + 1, 1).to(tl.float64) / PW")
+    e(f"bin_h = tl.maximum(y1 - y0 + 1, 1).to(tl.float64) / {bins_h}")
+    e(f"bin_w = tl.maximum(x1 - x0 + 1, 1).to(tl.float64) / {bins_w}")
     e("hs = tl.minimum(tl.maximum(tl.floor(ph.to(tl.float64) * bin_h).to(tl.int64) + y0, 0), H)")
     e("he = tl.minimum(tl.maximum(tl.ceil((ph + 1).to(tl.float64) * bin_h).to(tl.int64) + y0, 0), H)")
     e("ws = tl.minimum(tl.maximum(tl.floor(pw.to(tl.float64) * bin_w).to(tl.int64) + x0, 0), W)")
@@ -179,33 +181,70 @@ def _roi_bins(ctx) -> None:
 
 
 def roi_pool(ctx) -> None:
-    r, c, ph, pw = ctx.out_shape(0)
-    _, _, h, w = ctx.in_shape(0)
-    rank = len(ctx.in_shape(1))
-    ctx.int("C", c), ctx.int("H", h), ctx.int("W", w)
+    ph, pw = ctx.out_shape(0)[2:]
     ctx.int("PH", ph), ctx.int("PW", pw)
-    if rank == 3:
-        ctx.int("P", ctx.in_shape(1)[1])
-    _elements(ctx, numel(ctx.out_shape(0)), "[R, C, PH, PW]")
+    rank = _roi_setup(ctx, "[R, C, PH, PW]")
     e = ctx.emit
     e("pw = offs % PW")
     e("ph = (offs // PW) % PH")
     e("c = (offs // (PW * PH)) % C")
     e("r = offs // (PW * PH * C)")
-    e(f"SCALE = tl.full([], {float(ctx.attrs['spatial_scale'])!r}, tl.float64)")
     _roi_corners(ctx, 1, rank)
     _roi_bins(ctx)
+    _bin_max(ctx, "mask")
+    ctx.epilogue("best", "offs", "c", "mask")
+
+
+def _bin_max(ctx, live: str) -> None:
+    """best: the max of x over the bin hs..he x ws..we of plane (b, c), 0 for an empty bin;
+    the loops run to the largest bin among the `live` lanes."""
+    e = ctx.emit
     e("plane = (b * C + c) * H * W")
     e(f"best = tl.full([BLOCK], {NEG_INF}, tl.float32)")
-    e("rows = tl.max(tl.where(mask, he - hs, 0), axis=0)    # the block's tallest bin")
-    e("cols = tl.max(tl.where(mask, we - ws, 0), axis=0)")
+    e(f"rows = tl.max(tl.where({live}, he - hs, 0), axis=0)    # the block's tallest bin")
+    e(f"cols = tl.max(tl.where({live}, we - ws, 0), axis=0)")
     e("for a in range(0, rows):")
     ctx.indent += 1
     e("for bb in range(0, cols):")
     ctx.indent += 1
-    e("ok = mask & (hs + a < he) & (ws + bb < we)")
+    e(f"ok = {live} & (hs + a < he) & (ws + bb < we)")
     v = ctx.load(0, "plane + (hs + a) * W + ws + bb", "c", "ok", other=NEG_INF)
     e(f"best = tl.where(ok & ({v} > best), {v}, best)")
     ctx.indent -= 2
-    e("empty = (he <= hs) | (we <= ws)")
-    ctx.epilogue(ctx.let("tl.where(empty, 0.0, best)"), "offs", "c", "mask")
+    e("best = tl.where((he <= hs) | (we <= ws), 0.0, best)")
+
+
+def _roi_setup(ctx, what: str) -> int:
+    """Sizes, the launch over the output, SCALE; returns the RoIs' rank (2 or 3)."""
+    _, c, h, w = ctx.in_shape(0)
+    rank = len(ctx.in_shape(1))
+    ctx.int("C", c), ctx.int("H", h), ctx.int("W", w)
+    if rank == 3:
+        ctx.int("P", ctx.in_shape(1)[1])
+    _elements(ctx, numel(ctx.out_shape(0)), what)
+    ctx.emit(f"SCALE = tl.full([], {float(ctx.attrs['spatial_scale'])!r}, tl.float64)")
+    return rank
+
+
+def roi_spp(ctx) -> None:
+    """SPP-Net's pyramid over RoIs: roi_pool at each level (L x L bins), each level's bins
+    flattened channel-major and the levels concatenated: output [R, WIDTH]."""
+    levels, width = _levels(ctx, ctx.in_shape(0)[1])
+    ctx.int("WIDTH", width)
+    rank = _roi_setup(ctx, "[R, WIDTH]")
+    e = ctx.emit
+    e("r = offs // WIDTH")
+    e("j = offs % WIDTH")
+    _roi_corners(ctx, 1, rank)
+    e("out = tl.zeros([BLOCK], dtype=tl.float32)")
+    for k, lv, base in levels:
+        e(f"# level {k}: {lv} x {lv} bins from element {base}")
+        e(f"inl = mask & (j >= {base}) & (j < {base} + C * {lv * lv})")
+        e(f"within = tl.where(inl, j - {base}, 0)")
+        e(f"c = within // {lv * lv}")
+        e(f"ph = (within % {lv * lv}) // {lv}")
+        e(f"pw = within % {lv}")
+        _roi_bins(ctx, str(lv), str(lv))
+        _bin_max(ctx, "inl")
+        e("out = tl.where(inl, best, out)")
+    ctx.epilogue("out", "offs", "j", "mask")

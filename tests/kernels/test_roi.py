@@ -53,10 +53,13 @@ def test_spp_ties_and_nan_follow_torch():
     torch.testing.assert_close(gx, xx.grad)
 
 
+@pytest.mark.parametrize("op,attrs", [("roi_pool", {"output": (3, 2), "spatial_scale": 0.5}),
+                                      ("roi_spp", {"levels": (1, 2, 3), "spatial_scale": 0.5})])
 @pytest.mark.parametrize("layout", ["rois", "boxes"])
-def test_roi_pool_forward_kernel(layout):
-    """Fast R-CNN's RoI pooling: RoIs partly off the map, smaller than a bin, and half-pixel
-    corners that round away from zero; [R, 5] RoIs and [N, P, 4] boxes per image."""
+def test_roi_pool_and_roi_spp_forward_kernels(layout, op, attrs):
+    """Fast R-CNN's RoI pooling and SPP-Net's pyramid over RoIs: RoIs partly off the map,
+    smaller than a bin, and half-pixel corners that round away from zero; [R, 5] RoIs and
+    [N, P, 4] boxes per image."""
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(2, 3, 10, 12, generator=gen)
     boxes = torch.tensor([[[0.0, 0.0, 23.0, 19.0], [5.0, 3.0, 9.0, 7.0], [-8.0, -4.0, 6.0, 5.0]],
@@ -66,7 +69,6 @@ def test_roi_pool_forward_kernel(layout):
         rois = torch.cat([index, boxes.reshape(6, 4)], 1)
     else:
         rois = boxes
-    g = op_graph("roi_pool", [tuple(x.shape), tuple(rois.shape)],
-                 {"output": (3, 2), "spatial_scale": 0.5})
+    g = op_graph(op, [tuple(x.shape), tuple(rois.shape)], attrs)
     plan = run_both(g, {"x0": x, "x1": rois}, rtol=0, atol=0)
     assert [k.family for k in plan.kernels] == ["roi"]
