@@ -59,6 +59,7 @@ class TrainConfig:
     optimizer: Call = field(default_factory=lambda: Call("sgd", {"lr": 0.01}))
     schedule: Call = field(default_factory=lambda: Call("constant"))  # learning-rate schedule
     batch: int | str = 32              # examples per step; "full" = batch gradient descent
+    accumulate: int = 1                # micro-batches per optimizer step (gradient accumulation)
     epochs: int = 10                   # passes over the training split
     seed: int = 0                      # shuffling, splits, initialisation, dropout masks
     early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
@@ -90,7 +91,8 @@ class TrainConfig:
         return {
             "data": self.data.to_dict(), "loss": self.loss.to_dict(),
             "optimizer": self.optimizer.to_dict(), "schedule": self.schedule.to_dict(),
-            "batch": self.batch, "epochs": self.epochs, "seed": self.seed,
+            "batch": self.batch, **({"accumulate": self.accumulate} if self.accumulate > 1 else {}),
+            "epochs": self.epochs, "seed": self.seed,
             "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
             "penalty": self.penalty.to_dict() if self.penalty else None,
             "clip": self.clip.to_dict() if self.clip else None,

@@ -35,6 +35,11 @@ def node_params(g: Graph, node) -> int:
                if v.state is not None and v.state.kind == "param")
 
 
+def activation_bytes(node) -> int:
+    """Bytes per example of a node's outputs (f32): the summary's activation memory."""
+    return sum((o.type.per_sample() or 0) * 4 for o in node.outputs)
+
+
 def summary(spec, batch: int = 32) -> str:
     """Per-layer output shape, parameters, FLOPs and activation memory; then totals."""
     g: Graph = spec.graph
@@ -44,7 +49,7 @@ def summary(spec, batch: int = 32) -> str:
         op = get(node.op)
         out = node.outputs[0].type
         flops = op.flops([v.type for v in node.inputs], [o.type for o in node.outputs], node.attrs)
-        act = sum((o.type.per_sample() or 0) * 4 for o in node.outputs)
+        act = activation_bytes(node)
         total_flops += flops
         total_act += act
         rows.append([node.scope or "-", node.op, str(out), _n(node_params(g, node)), _n(flops),
@@ -76,8 +81,9 @@ def params(spec) -> str:
     return "\n".join(text_table(rows, {2}) + ["", f"total parameters: {_n(total)}"]) + "\n"
 
 
-def emit(spec, what: str, batch: int = 32) -> str | bytes:
-    """One view of `spec`; every view is text except "onnx", which is the model's bytes."""
+def emit(spec, what: str, batch: int = 32, nproc: int = 1) -> str | bytes:
+    """One view of `spec`; every view is text except "onnx", which is the model's bytes.
+    `nproc`: the train graphs of a data-parallel run on that many processes."""
     if what == "summary":
         return summary(spec, batch)
     if what == "params":
@@ -85,8 +91,9 @@ def emit(spec, what: str, batch: int = 32) -> str | bytes:
     if what == "ir":
         return print_graph(spec.graph)
     if what == "ir-train":
-        from .pipeline import build_train_graph
-        return print_graph(build_train_graph(spec.graph, spec.config))
+        from .pipeline import build_step_graphs
+        graphs = build_step_graphs(spec.graph, spec.config, nproc)
+        return "\n".join(print_graph(g) for g in graphs)
     if what in ("plan", "triton"):
         plan = train_plan(spec, batch)
         if what == "triton":

@@ -1,9 +1,19 @@
 """The compiler's pipelines: every graph dlc runs is made by a straight list of named passes.
 
-    TRAIN  lower-train -> weight-noise -> add-loss -> lookahead -> autodiff -> optimizer
+    TRAIN  lower-train -> weight-noise -> add-loss -> lookahead -> autodiff -> all-reduce
+           -> optimizer -> dce -> verify
+    GRAD   lower-train -> weight-noise -> add-loss -> lookahead -> autodiff -> grads-out
            -> dce -> verify
+    APPLY  grads-in -> all-reduce -> optimizer -> dce -> verify
     EVAL   lower-eval  -> add-loss -> dce -> verify
     INFER  lower-eval  -> dce -> verify
+
+A step is the TRAIN graph, or with `accumulate k` (gradient accumulation) the GRAD graph
+run on k micro-batches, whose gradients the runtime averages, then the APPLY graph, which
+takes them as inputs and updates the parameters (clipping sees the averaged gradients).
+`all-reduce` matters only for a run on N processes (data parallelism): it averages the
+gradients across them in one bucketed collective (compiler/ops/collective.py); with one
+process it leaves the graph alone.
 
 `DLC_DEBUG=1` prints each pass's name, node count and time on stderr; `DLC_DEBUG=2`
 prints the IR after each pass as well.
@@ -38,6 +48,7 @@ class PassContext:
     grads: dict[int, Value] = field(default_factory=dict)
     points: dict[int, Value] = field(default_factory=dict)   # nag: parameter -> look-ahead
     settings: dict = field(default_factory=dict)   # parameter -> (optimizer args, lr scale)
+    world: int = 1                             # processes of a data-parallel run
 
 
 Pass = Callable[[Graph, PassContext], Graph]
@@ -188,6 +199,60 @@ def autodiff(g: Graph, ctx: PassContext) -> Graph:
     return g
 
 
+# the gradients of one all-reduce call: a bucket is filled with whole gradients up to this
+# many elements (one bucket for most models: few collectives per step, as DDP's 25 MB)
+BUCKET_ELEMENTS = 1 << 22
+
+
+def buckets(values: list[Value], limit: int = BUCKET_ELEMENTS) -> list[list[Value]]:
+    """`values` in order, cut into runs of at most `limit` elements (a larger one alone)."""
+    out: list[list[Value]] = []
+    size = 0
+    for v in values:
+        n = v.type.numel() or 0
+        if out and size + n <= limit:
+            out[-1].append(v)
+            size += n
+        else:
+            out.append([v])
+            size = n
+    return out
+
+
+def all_reduce(g: Graph, ctx: PassContext) -> Graph:
+    """With N processes, `all_reduce` nodes average every gradient across them, bucketed
+    (few collectives per step); the optimizer then updates with the averages."""
+    if ctx.world == 1 or not ctx.params:
+        return g
+    b = Builder(g, scope="data_parallel")
+    reduced = {}
+    for bucket in buckets([ctx.grads[id(p)] for p in ctx.params]):
+        for v, r in zip(bucket, b.emit("all_reduce", bucket,
+                                       {"reduce": "mean", "world": ctx.world})):
+            reduced[id(v)] = r
+    ctx.grads = {id(p): reduced[id(ctx.grads[id(p)])] for p in ctx.params}
+    return g
+
+
+def grads_out(g: Graph, ctx: PassContext) -> Graph:
+    """The gradients become outputs `grad.NAME` after (loss, model outputs...), in
+    parameter order: the runtime accumulates them over micro-batches."""
+    g.outputs = [*g.outputs, *(ctx.grads[id(p)] for p in ctx.params)]
+    g.output_names = [*g.output_names, *(f"grad.{p.state.name}" for p in ctx.params)]
+    return g
+
+
+def grads_in(model: Graph, ctx: PassContext) -> Graph:
+    """A graph of the model's trainable parameters with an input `%grad.NAME` for each:
+    the gradients one step applies (with the parameters' optimizer settings)."""
+    cfg = ctx.config
+    ctx.settings = param_settings(cfg.optimizer, cfg.param_groups, lower(model, "train"))
+    g = Graph(ctx.name)
+    ctx.params = [g.add_state(v.state) for v in model.state.values() if v.state.trainable]
+    ctx.grads = {id(p): g.add_input(f"grad.{p.state.name}", p.type) for p in ctx.params}
+    return g
+
+
 def optimizer(g: Graph, ctx: PassContext) -> Graph:
     """Input %lr, one update node per parameter, and the `@name <- %value` assignments."""
     cfg = ctx.config
@@ -206,10 +271,15 @@ def verify_pass(g: Graph, ctx: PassContext) -> Graph:
     return verify(g)
 
 
-TRAIN: list[tuple[str, Pass]] = [("lower-train", lower_train), ("weight-noise", weight_noise),
-                                 ("add-loss", add_loss), ("lookahead", lookahead),
-                                 ("autodiff", autodiff), ("optimizer", optimizer),
-                                 ("dce", dce), ("verify", verify_pass)]
+_FORWARD_BACKWARD: list[tuple[str, Pass]] = [
+    ("lower-train", lower_train), ("weight-noise", weight_noise), ("add-loss", add_loss),
+    ("lookahead", lookahead), ("autodiff", autodiff)]
+TRAIN: list[tuple[str, Pass]] = [*_FORWARD_BACKWARD, ("all-reduce", all_reduce),
+                                 ("optimizer", optimizer), ("dce", dce), ("verify", verify_pass)]
+GRAD: list[tuple[str, Pass]] = [*_FORWARD_BACKWARD, ("grads-out", grads_out),
+                                ("dce", dce), ("verify", verify_pass)]
+APPLY: list[tuple[str, Pass]] = [("grads-in", grads_in), ("all-reduce", all_reduce),
+                                 ("optimizer", optimizer), ("dce", dce), ("verify", verify_pass)]
 EVAL: list[tuple[str, Pass]] = [("lower-eval", lower_eval), ("add-loss", add_loss),
                                 ("dce", dce), ("verify", verify_pass)]
 INFER: list[tuple[str, Pass]] = [("lower-eval", lower_eval), ("dce", dce),
@@ -249,9 +319,25 @@ def _hint(e: ShapeError, cfg: TrainConfig) -> str | None:
     return None
 
 
-def build_train_graph(model: Graph, cfg: TrainConfig) -> Graph:
-    """inputs (%x..., %y, %lr) -> outputs (loss, model outputs...), with state updates."""
-    return run(TRAIN, model, PassContext(cfg, f"{model.name}.train", training=True))
+def build_train_graph(model: Graph, cfg: TrainConfig, world: int = 1) -> Graph:
+    """inputs (%x..., %y, %lr) -> outputs (loss, model outputs...), with state updates;
+    for `world` processes, the gradients averaged across them before the update."""
+    return run(TRAIN, model, PassContext(cfg, f"{model.name}.train", training=True,
+                                         world=world))
+
+
+def build_step_graphs(model: Graph, cfg: TrainConfig, world: int = 1) -> list[Graph]:
+    """What one optimizer step runs: [train graph], or with `accumulate` > 1
+    [grad graph, apply graph]:
+
+        grad   (%x..., %y[, %lr]) -> (loss, model outputs..., grad.NAME...), running stats
+        apply  (%grad.NAME..., %lr) -> (), parameter and optimizer-slot updates"""
+    if cfg.accumulate == 1:
+        return [build_train_graph(model, cfg, world)]
+    grad = run(GRAD, model, PassContext(cfg, f"{model.name}.grad", training=True))
+    apply = run(APPLY, model, PassContext(cfg, f"{model.name}.apply", training=True,
+                                          world=world))
+    return [grad, apply]
 
 
 def build_eval_graph(model: Graph, cfg: TrainConfig) -> Graph:

@@ -30,9 +30,9 @@ class CompiledSpec:
     spec_hash: str                    # sha256 over the spec and every file it imports
     sets: list[str] = field(default_factory=list)
 
-    def emit(self, what: str, batch: int = 32) -> str | bytes:
+    def emit(self, what: str, batch: int = 32, nproc: int = 1) -> str | bytes:
         from .compiler import emit
-        return emit.emit(self, what, batch)
+        return emit.emit(self, what, batch, nproc)
 
     def summary(self) -> str:
         return self.emit("summary")
@@ -135,7 +135,8 @@ def build(spec: CompiledSpec, backend: str = "auto", device: str | None = None,
 def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
           device: str | None = None, seed: int | None = None,
           init_from: str | Path | None = None, progress: bool = True, resume: bool = False,
-          overwrite: bool = False, save_every: int | None = None, tensorboard: bool = False):
+          overwrite: bool = False, save_every: int | None = None, tensorboard: bool = False,
+          world=None):
     """Train as the spec says and write the run directory; returns the final metrics.
     `tensorboard`: also write TensorBoard event files (RUN/tensorboard, one per member of
     an ensemble).
@@ -144,19 +145,23 @@ def train(spec: CompiledSpec, out_dir: str | Path, *, backend: str = "auto",
     replaced) or `resume` (the run continues from its last finished epoch). A train
     section with kfold, bagging or boosting trains every member of the ensemble
     (runtime/ensemble.py); resuming one keeps its finished members and continues the
-    interrupted one."""
+    interrupted one. `world`: this process's place in a data-parallel run
+    (runtime/distributed.py; alone by default)."""
     if tensorboard:
         from .runtime.tblog import writer_class
         writer_class()                  # a missing package is said before anything is written
+    from .runtime.distributed import World
+    world = world or World()
     if spec.config.ensemble is not None:
         from .runtime.ensemble import run_ensemble
         return run_ensemble(spec, Path(out_dir), backend=backend, device=device, seed=seed,
                             init_from=init_from, progress=progress, tensorboard=tensorboard,
-                            resume=resume, overwrite=overwrite)
+                            resume=resume, overwrite=overwrite, world=world)
     from .runtime.loop import run_training
     return run_training(spec, Path(out_dir), backend=backend, device=device, seed=seed,
                         init_from=init_from, progress=progress, resume=resume,
-                        overwrite=overwrite, save_every=save_every, tensorboard=tensorboard)
+                        overwrite=overwrite, save_every=save_every, tensorboard=tensorboard,
+                        world=world)
 
 
 def compile_run(run_dir: str | Path, sets: list[str] = ()) -> tuple[CompiledSpec, dict]:

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=32, metavar="N",
                    help="batch size for the summary's activation memory and for the kernel "
                         "plan of --emit plan/triton (default 32)")
+    c.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="--emit ir-train: the train graphs of a data-parallel run on N "
+                        "processes (with the gradient all-reduce)")
     c.add_argument("-o", "--output", help="write to this file instead of stdout (required for "
                    "onnx; for dot, a .svg/.png/.pdf path is rendered with Graphviz)")
     c.add_argument("--checkpoint", metavar="CKPT",
@@ -93,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, help="override train.seed")
     c.add_argument("--init-from", metavar="CKPT", help="start from these weights")
     c.add_argument("--quiet", action="store_true", help="no progress output")
+    c.add_argument("--nproc", type=int, metavar="N",
+                   help="data parallelism: N processes on this machine, each taking batch/N "
+                        "examples of every batch (ensembles: one member per process); "
+                        "under torchrun, leave it out")
     c = spec_cmd("eval", "evaluate a checkpoint on the test split of the spec's data",
                  what="a run directory, or the .dls file (then --checkpoint)")
     c.add_argument("--checkpoint", metavar="CKPT",
@@ -181,7 +188,9 @@ def cmd_compile(args) -> int:
         return _emit_onnx(spec, args.checkpoint, out)
     if args.batch < 1:
         raise UserError(f"--batch must be at least 1, got {args.batch}")
-    text = spec.emit(args.emit, args.batch)
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    text = spec.emit(args.emit, args.batch, args.nproc)
     if render:
         _write_bytes(out, _render_dot(text, out.suffix.lower()[1:]))
         print(f"wrote {out}")
@@ -238,23 +247,93 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def cmd_train(args) -> int:
+    from .runtime import distributed
+    nproc = _nproc(args, distributed.env_world())
+    if nproc > 1 and distributed.env_world() == 1:
+        return _launch(args, nproc)
+    world, args.device = distributed.join(args.device)
+    try:
+        final, out = _resume(args, world) if args.resume else _train_new(args, world)
+    finally:
+        distributed.leave()
+    if world.leader:
+        _print_final(final, out)
+    return 0
+
+
+def _train_new(args, world) -> tuple[dict, Path]:
     from .api import train
-    if args.resume:
-        return _resume(args)
     if args.spec is None:
         raise UserError("dlc train needs a spec (or --resume RUN_DIR)",
                         hint="for example: dlc train examples/digits_mlp.dls")
     spec = _compile(args)
-    if args.out:
-        out = Path(args.out)
-    else:
-        from .runtime.rundir import fresh_default
-        out = fresh_default(Path(args.spec))
+    out = _out_dir(args)
     final = train(spec, out, backend=args.backend, device=args.device, seed=args.seed,
                   init_from=args.init_from, progress=not args.quiet, overwrite=args.overwrite,
-                  save_every=_save_every(args), tensorboard=args.tensorboard)
-    _print_final(final, out)
-    return 0
+                  save_every=_save_every(args), tensorboard=args.tensorboard,
+                  world=world)
+    return final, out
+
+
+def _out_dir(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    from .runtime.rundir import fresh_default
+    return fresh_default(Path(args.spec))
+
+
+def _nproc(args, world_size: int) -> int:
+    """The processes of the run: --nproc, or WORLD_SIZE under torchrun; a UserError when
+    the two disagree or the backend cannot run them."""
+    if args.nproc is not None and args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc is not None and world_size > 1 and args.nproc != world_size:
+        raise UserError(f"--nproc {args.nproc} in a group of WORLD_SIZE={world_size} processes",
+                        hint="under torchrun, leave out --nproc")
+    nproc = args.nproc or (world_size if world_size > 1 else _recorded_nproc(args))
+    if world_size > 1 and not (args.out or args.resume):
+        raise UserError("a run on several processes needs --out: every process must name "
+                        "the same run directory", hint="torchrun ... -m dlc train SPEC --out "
+                        "runs/NAME")
+    if nproc > 1 and args.backend == "triton":
+        raise UserError(f"the triton backend cannot train on {nproc} processes yet: its "
+                        "replayed step has no gradient all-reduce",
+                        hint="use --backend reference for data-parallel runs")
+    return nproc
+
+
+def _check_split(cfg, nproc: int) -> None:
+    """An ensemble's members run one per process (not boosting's); a single model's batch
+    must split over the processes."""
+    if cfg.ensemble is not None:
+        from .runtime.ensemble import check_parallel
+        check_parallel(cfg, nproc)
+    else:
+        from .spec.train import check_batch_split
+        check_batch_split(cfg, cfg.batch, nproc)
+
+
+def _recorded_nproc(args) -> int:
+    """--resume: the processes the run was started with (run.yaml), else 1."""
+    if not args.resume:
+        return 1
+    from .runtime.rundir import read_run
+    return int(read_run(Path(args.resume)).get("nproc", 1))
+
+
+def _launch(args, nproc: int) -> int:
+    """`--nproc N` outside torchrun: check what can be checked once, fix the run directory,
+    then start N copies of this command (runtime/distributed.py)."""
+    from .runtime import distributed
+    argv = list(args.argv)
+    if not args.resume:
+        if args.spec is None:
+            raise UserError("dlc train needs a spec (or --resume RUN_DIR)")
+        spec = _compile(args)
+        _check_split(spec.config, nproc)
+        if not args.out:
+            argv += ["--out", str(_out_dir(args))]
+    return distributed.launch(argv, nproc)
 
 
 def _save_every(args) -> int | None:
@@ -263,7 +342,7 @@ def _save_every(args) -> int | None:
     return args.save_every
 
 
-def _resume(args) -> int:
+def _resume(args, world) -> tuple[dict, Path]:
     """`dlc train --resume DIR`: the run's spec, settings, seed and backend from run.yaml."""
     from .api import compile_run, train
     clash = [flag for flag, given in (("the spec argument", args.spec), ("--set", args.set),
@@ -279,9 +358,9 @@ def _resume(args) -> int:
     backend = run.get("backend", "auto") if args.backend == "auto" else args.backend
     final = train(spec, out, backend=backend, device=args.device or run.get("device"),
                   seed=run.get("seed"), progress=not args.quiet, resume=True,
-                  save_every=_save_every(args), tensorboard=args.tensorboard)
-    _print_final(final, out)
-    return 0
+                  save_every=_save_every(args), tensorboard=args.tensorboard,
+                  world=world)
+    return final, out
 
 
 def _print_final(final: dict, out: Path) -> None:
@@ -388,7 +467,9 @@ COMMANDS = {"check": cmd_check, "compile": cmd_compile, "train": cmd_train, "eva
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return COMMANDS[args.command](args)
     except UserError as e:

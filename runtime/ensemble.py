@@ -25,14 +25,18 @@ last.safetensors exactly, and trains the rest; boosting recomputes each kept mem
 mistakes, so its example weights are those of a run never interrupted.
 
 Each member is one call of `train_member` (a fold or a resample given as a Dataset to
-`run_training`), so members that do not depend on each other (folds, bagging) can run one
-per process.
+`run_training`), so members that do not depend on each other (folds, bagging) run one
+per process with `dlc train --nproc N` (or torchrun): process r trains members r, r + N,
+..., each alone; rank 0 waits for the others' final.json and writes the ensemble's
+files. Boosting is sequential by nature (each member trains on the previous ones'
+mistakes), so `--nproc` refuses it.
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,7 @@ import yaml
 from ..spec.diagnostics import UserError
 from . import rundir
 from .data import Dataset, Split, load
+from .distributed import World
 from .model import Model
 from .resume import LAST
 
@@ -177,19 +182,35 @@ def bagging_jobs(data: Dataset, n: int, fraction: float, seed: int,
 
 # -- running an ensemble
 
+def check_parallel(cfg, nproc: int) -> None:
+    """Boosting's members depend on each other: a UserError for a run on several processes."""
+    if nproc > 1 and cfg.ensemble is not None and cfg.ensemble.name == "boosting":
+        raise UserError("boosting trains each member on the mistakes of the ones before, so "
+                        f"its members cannot run on {nproc} processes",
+                        cfg.spans.get("boosting") or cfg.ensemble.span,
+                        hint="train it without --nproc (kfold and bagging members run one "
+                             "per process)")
+
+
 def run_ensemble(spec, out_dir: Path, *, seed=None, resume=False, overwrite=False,
-                 **run) -> dict:
-    """Train the ensemble the train section asks for into `out_dir`; returns final.json.
+                 world: World = World(), **run) -> dict:
+    """Train the ensemble the train section asks for into `out_dir`; returns final.json
+    (in a run on several processes, rank 0's; the others return {}).
     An interrupted or diverged member stops the ensemble after final.json says what was
     finished. `resume`: finished members are kept, the interrupted one continues exactly
     and the rest are trained (boosting's weights follow from the kept members)."""
     cfg = spec.config
+    check_parallel(cfg, world.size)
     seed = cfg.seed if seed is None else seed
-    if resume:
-        _check_resumable(spec, out_dir)
-    else:
-        rundir.prepare(out_dir, overwrite=overwrite)
+    if world.leader:
+        if resume:
+            _check_resumable(spec, out_dir)
+        else:
+            rundir.prepare(out_dir, overwrite=overwrite)
+    world.barrier()                     # no member starts before --overwrite cleared them
     data = load(cfg.data, seed, spec.path.parent)
+    if world.size > 1:
+        return _run_parallel(spec, data, seed, out_dir, world, {**run, "resume": resume})
     if not resume:
         _write_run_yaml(out_dir / "run.yaml", spec, seed, run.get("backend", "auto"))
     (out_dir / "metrics.jsonl").write_text("")
@@ -199,11 +220,7 @@ def run_ensemble(spec, out_dir: Path, *, seed=None, resume=False, overwrite=Fals
         if cfg.ensemble.name == "boosting":
             _boost(spec, data, cfg.ensemble.args["n"], seed, out_dir, book, run)
         else:
-            a = cfg.ensemble.args
-            jobs = (kfold_jobs(data, a["k"], a["stratify"], seed, out_dir)
-                    if cfg.ensemble.name == "kfold" else
-                    bagging_jobs(data, a["n"], a["fraction"], seed, out_dir))
-            for job in jobs:
+            for job in _jobs(cfg, data, seed, out_dir):
                 book.add(job, train_member(spec, job, **run), 1.0)
     except KeyboardInterrupt:
         book.stopped = "interrupted"
@@ -215,6 +232,43 @@ def run_ensemble(spec, out_dir: Path, *, seed=None, resume=False, overwrite=Fals
     finally:
         book.close(data, run)
     return book.final
+
+
+def _jobs(cfg, data: Dataset, seed: int, out_dir: Path) -> list[MemberJob]:
+    a = cfg.ensemble.args
+    if cfg.ensemble.name == "kfold":
+        return kfold_jobs(data, a["k"], a["stratify"], seed, out_dir)
+    return bagging_jobs(data, a["n"], a["fraction"], seed, out_dir)
+
+
+def _run_parallel(spec, data: Dataset, seed: int, out_dir: Path, world: World,
+                  run: dict) -> dict:
+    """k-fold or bagging members one per process (round robin); rank 0 gathers them."""
+    jobs = _jobs(spec.config, data, seed, out_dir)
+    if world.leader:
+        if not run["resume"]:
+            _write_run_yaml(out_dir / "run.yaml", spec, seed, run.get("backend", "auto"))
+        (out_dir / "metrics.jsonl").write_text("")
+    mine = {**run, "progress": run.get("progress", True) and world.leader}
+    finals = {job.index: train_member(spec, job, **mine) for job in jobs[world.rank::world.size]}
+    if not world.leader:
+        return {}
+    book = _Book(spec, spec.config.ensemble, out_dir)
+    try:
+        for job in jobs:
+            book.add(job, finals.get(job.index) or _wait_final(job.out_dir), 1.0)
+    finally:
+        book.close(data, run)
+    return book.final
+
+
+def _wait_final(run_dir: Path, poll_s: float = 0.2) -> dict:
+    """The final.json another process writes into `run_dir` when its member has finished
+    (that of an interrupted member, kept for --resume, does not count). A process that
+    fails ends the whole run: the launcher or torchrun stops this one."""
+    while (final := _finished(run_dir)) is None:
+        time.sleep(poll_s)
+    return final
 
 
 def _boost(spec, data: Dataset, rounds: int, seed: int, out_dir: Path, book, run) -> None:

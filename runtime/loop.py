@@ -22,6 +22,12 @@
     _save_epoch      the epoch's checkpoints, the resumable state last
     EarlyStopping    monitor, patience, min_delta and the best epoch's state
     _finish          the best state restored, the test split evaluated, final.json written
+
+A data-parallel run (`world`, runtime/distributed.py) runs this same loop in every
+process: each takes its share of every batch (Batches), the train graph averages the
+gradients across them, the epoch's sums are added over the processes, and every process
+validates so that schedules and early stopping decide alike; rank 0 alone writes the run
+directory and evaluates the test split.
 """
 from __future__ import annotations
 
@@ -39,14 +45,16 @@ import torch
 import yaml
 
 from ..compiler.config import target_input
-from ..compiler.pipeline import build_train_graph, term_output
+from ..compiler.pipeline import build_step_graphs, term_output
 from ..spec.diagnostics import UserError
+from ..spec.train import check_batch_split
 from .augment import IMAGE_ONLY, MASK_SAFE, Augmented, Augmenter
 from .backends import make_program
 from .data import load
+from .distributed import World
 from .model import Model, Objective
 from .plot import write_curves
-from . import metrics, resume, rundir, tblog
+from . import memory_advice, metrics, resume, rundir, tblog
 from .tblog import TensorBoardLog
 from .confusion_png import write_confusion
 from .progress import Progress
@@ -61,19 +69,28 @@ class Batches:
 
     A short last batch of one example joins the one before it: batch norm cannot normalise
     a single example in training (`batch 1` keeps every batch at one). `drop_last` leaves a
-    short last batch out instead."""
+    short last batch out instead.
+
+    Sharding: in a run on `world` processes `batch` is the global batch. Every process
+    draws the same permutation and takes its `rank`-th share of each batch; a last batch
+    that does not split evenly is cut to a multiple of `world` (its few left-over
+    examples, different ones each epoch, wait for the next)."""
 
     def __init__(self, n: int, batch: int | str, seed: int, *, shuffle: bool = True,
-                 drop_last: bool = False):
+                 drop_last: bool = False, rank: int = 0, world: int = 1):
         size = n if batch == "full" else min(batch, n)
         bounds = list(range(0, n, size)) + [n]
         if drop_last and len(bounds) > 2 and bounds[-1] - bounds[-2] < size:
             del bounds[-1]
         elif size > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] == 1:
             del bounds[-2]
+        bounds[-1] -= (bounds[-1] - bounds[-2]) % world
+        if len(bounds) > 2 and bounds[-1] == bounds[-2]:
+            del bounds[-1]
         self.n = n
         self.bounds = bounds                 # batch i is perm[bounds[i]:bounds[i + 1]]
         self.shuffle = shuffle
+        self.rank, self.world = rank, world
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -86,31 +103,52 @@ class Batches:
         return self.bounds[-1]
 
     @property
+    def largest(self) -> int:
+        """The most examples one process takes in a step."""
+        return max(b - a for a, b in zip(self.bounds, self.bounds[1:])) // self.world
+
+    @property
     def smallest(self) -> int:
-        return min(b - a for a, b in zip(self.bounds, self.bounds[1:]))
+        """The fewest examples one process takes in a step."""
+        return min(b - a for a, b in zip(self.bounds, self.bounds[1:])) // self.world
 
     def epoch(self, device) -> Iterator[torch.Tensor]:
-        """The example indices of each batch of the next epoch, on `device`."""
+        """The example indices of this process's share of each batch of the next epoch,
+        on `device`."""
         order = self.rng.permutation(self.n) if self.shuffle else np.arange(self.n)
         perm = torch.as_tensor(order, device=device)                           # (n,) int64
         for a, b in zip(self.bounds, self.bounds[1:]):
-            yield perm[a:b]                                                    # (batch,)
+            share = (b - a) // self.world
+            yield perm[a + self.rank * share:a + (self.rank + 1) * share]      # (share,)
 
 
 class TrainStep:
-    """The train program and the state it updates, on the model's backend and device.
+    """The step's programs and the state they update, on the model's backend and device.
 
     `run` takes one optimizer step and adds the batch's loss (times its size) and its
     number of correct predictions to `sums`, on the device: nothing waits for the device
-    until `_read_back` reads `sums`."""
+    until `_read_back` reads `sums`.
 
-    def __init__(self, train_graph, model: Model, data, seed: int):
+    One graph is the whole step (compiler/pipeline.py: TRAIN). With `accumulate k` there
+    are two (a list, or one graph for the single-graph step): the grad graph runs on k
+    micro-batches, whose gradients are averaged here (weighted by their sizes), and the
+    apply graph updates the parameters with them."""
+
+    def __init__(self, graphs, model: Model, data, seed: int):
+        graphs = graphs if isinstance(graphs, list) else [graphs]
         self.device = model.device
-        self.mixed_loss = any(v.input_name == "y_b" for v in train_graph.inputs)
-        self.program = make_program(train_graph, training=True, backend=model.backend,
-                                    device=model.device, seed=seed)
-        self.state = init_state(train_graph, seed, model.device)    # slots start at zero
+        self.mixed_loss = any(v.input_name == "y_b" for v in graphs[0].inputs)
+        self.programs = [make_program(g, training=True, backend=model.backend,
+                                      device=model.device, seed=seed) for g in graphs]
+        self.program = self.programs[0]          # the one drawing dropout masks
+        self.state = {}
+        for g in graphs:
+            self.state.update(init_state(g, seed, model.device))    # slots start at zero
         self.state.update(model.state)                                # parameters and buffers
+        train_graph = graphs[0]
+        self.grad_names = [n for n in train_graph.output_names if n.startswith("grad.")]
+        self.accumulate = model.spec.config.accumulate if len(graphs) > 1 else 1
+        self.grad_lr = any(v.input_name == "lr" for v in train_graph.inputs)   # nag
         self.x_name = model.spec.graph.inputs[0].input_name     # the one augment transforms
         # input name -> (n, *input) f32: every example of the training split
         self.xs = model.shape_inputs(data.train.x, f"{data.name} examples")
@@ -134,10 +172,31 @@ class TrainStep:
 
     def run(self, idx: torch.Tensor, lr: float) -> None:
         """One optimizer step on the examples `idx` at learning rate `lr`."""
-        targets = {k: v.index_select(0, idx) for k, v in self.targets.items()}  # (batch, ...)
         self.lr.fill_(lr)
+        if self.accumulate == 1:
+            self._forward_backward(idx, with_lr=True)
+            return
+        grads = None
+        for part in torch.tensor_split(idx, self.accumulate):          # micro-batches
+            outs = self._forward_backward(part, with_lr=self.grad_lr)
+            weight = len(part) / len(idx)
+            if grads is None:
+                grads = [g * weight for g in outs]
+            else:
+                for acc, g in zip(grads, outs):
+                    acc.add_(g, alpha=weight)
+        inputs = dict(zip(self.grad_names, grads), lr=self.lr)
+        _, updates, _ = self.programs[1].run(self.state, inputs)
+        self.state.update(updates)
+
+    def _forward_backward(self, idx: torch.Tensor, with_lr: bool) -> list:
+        """Run the first program on the examples `idx`: its state updates taken, the
+        objective's sums added; returns its gradient outputs (a grad graph's)."""
+        targets = {k: v.index_select(0, idx) for k, v in self.targets.items()}  # (batch, ...)
         inputs = {name: x.index_select(0, idx) for name, x in self.xs.items()}
-        inputs.update(targets, lr=self.lr)
+        inputs.update(targets)
+        if with_lr:
+            inputs["lr"] = self.lr
         batch = self.augment(inputs[self.x_name], targets.get(self.mask_name)) \
             if self.augment else None
         if batch is not None:
@@ -151,7 +210,9 @@ class TrainStep:
         if not self.started:
             self.first.copy_(outs[0])
             self.started = True
-        self.objective.accumulate(self.sums, outs, targets, batch)
+        n_model = len(outs) - len(self.grad_names)
+        self.objective.accumulate(self.sums, outs[:n_model], targets, batch)
+        return outs[n_model:]
 
     def _mixed_inputs(self, inputs: dict, batch: Augmented) -> dict:
         """A model's other inputs in a mixup/cutmix batch: λ·x + (1 − λ)·x[perm], with the
@@ -210,9 +271,9 @@ def _read_back(step: TrainStep, epoch: int, i: int, seen: int) -> list[float]:
 
 
 def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedule,
-                 bar: Progress) -> EpochStats:
+                 bar: Progress, world: World = World()) -> EpochStats:
     """One pass over the training split, reading the sums back only when the bar redraws
-    and once at the end."""
+    (this process's share) and once at the end (summed over the processes)."""
     step.sums.zero_()
     seen, lr = 0, None
     for i, idx in enumerate(batches.epoch(step.device)):
@@ -222,6 +283,7 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedu
         if bar.due():
             loss_sum = _read_back(step, epoch, i + 1, seen)[0]
             bar.step(epoch, i + 1, loss_sum / seen, seen)
+    world.sum_(step.sums)
     m = step.objective.means(_read_back(step, epoch, batches.steps, batches.used), batches.used)
     scores = {k: v for k, v in m.items() if k not in ("loss", "acc")}
     return EpochStats(m["loss"], m["acc"], lr, scores)
@@ -312,11 +374,18 @@ class _Run:
     save_every: int | None = None
     tag: dict | None = None
     tensorboard: TensorBoardLog | None = None
+    world: World = World()
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the run directory (the leader of a data-parallel run)."""
+        return self.world.leader
 
 
 def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
                  init_from=None, progress=True, resume=False, overwrite=False,
-                 save_every=None, data=None, tag=None, tensorboard=False) -> dict:
+                 save_every=None, data=None, tag=None, tensorboard=False,
+                 world: World = World()) -> dict:
     """Train the spec's model as its train section says, writing the run directory
     `out_dir`; returns final.json's contents. An interrupted run raises KeyboardInterrupt
     and a diverged one a UserError, each after writing final.json.
@@ -329,24 +398,28 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
 
     The hook for ensembles (runtime/ensemble.py): `data`, a Dataset to train on instead
     of the train section's (a fold, a resample), and `tag`, put first in every
-    metrics.jsonl record and in final.json (`{"member": 3}`)."""
+    metrics.jsonl record and in final.json (`{"member": 3}`).
+
+    `world`: this process's place in a data-parallel run (runtime/distributed.py)."""
     if tensorboard:
         tblog.writer_class()
-    if not resume:
+    if not resume and world.leader:
         rundir.prepare(out_dir, overwrite=overwrite)
-    run = _setup(spec, out_dir, backend, device, seed, save_every, data, tag)
+    run = _setup(spec, out_dir, backend, device, seed, save_every, data, tag, world)
     outcome, first = _Outcome(), 1
     if resume:
         first = _resume(run, outcome)
     elif init_from is not None:
         run.model.load(init_from)
         run.step.state.update(run.model.state)
-    if not resume:
-        _write_run_yaml(out_dir / "run.yaml", spec, run.cfg, run.model, run.seed, run.data)
-    _rewrite_metrics(out_dir / "metrics.jsonl", outcome.records)
-    if tblog.wanted(out_dir, tensorboard):
-        run.tensorboard = tblog.TensorBoardLog(out_dir, first)
-    bar = Progress(run.cfg.epochs, run.batches.steps, enabled=progress,
+    if not resume and run.writes:
+        _write_run_yaml(out_dir / "run.yaml", spec, run.cfg, run.model, run.seed, run.data,
+                        world)
+    if run.writes:
+        _rewrite_metrics(out_dir / "metrics.jsonl", outcome.records)
+        if tblog.wanted(out_dir, tensorboard):
+            run.tensorboard = tblog.TensorBoardLog(out_dir, first)
+    bar = Progress(run.cfg.epochs, run.batches.steps, enabled=progress and run.writes,
                    examples=run.batches.n)
     t_start = time.perf_counter()
     try:
@@ -361,31 +434,49 @@ def run_training(spec, out_dir: Path, *, backend="auto", device=None, seed=None,
     finally:
         if run.tensorboard is not None:
             run.tensorboard.close()
-        if outcome.records:
+        if outcome.records and run.writes:
             write_curves(outcome.records, out_dir / "curves",
                          run.stopper.best_epoch if run.stopper is not None else None)
     return _finish(run, outcome, t_start)
 
 
 def _setup(spec, out_dir: Path, backend, device, seed, save_every, data=None,
-           tag=None) -> _Run:
-    """The model, data, batches, train step and early stopping of a run, freshly seeded."""
+           tag=None, world: World = World()) -> _Run:
+    """The model, data, batches, train step and early stopping of a run, freshly seeded
+    (every process of a data-parallel run the same model)."""
     cfg = spec.config
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)
-    train_graph = build_train_graph(spec.graph, cfg)
-    model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=[train_graph])
+    graphs = build_step_graphs(spec.graph, cfg, world.size)
+    model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=graphs)
     data = load(cfg.data, seed, spec.path.parent) if data is None else data
     _check_data(model, data, cfg)
-    batches = Batches(len(data.train), cfg.batch, seed, shuffle=cfg.shuffle,
-                      drop_last=cfg.drop_last)
+    batches = _batches(spec, len(data.train), seed, world)
+    _advise_memory(spec, batches, model, world)
     _check_augment(spec, model)
-    _check_batch_norm(spec, batches.smallest)
     stopper = EarlyStopping.from_config(cfg, data)
     schedule = _schedule(cfg, data, batches.steps)
-    step = TrainStep(train_graph, model, data, seed)
+    step = TrainStep(graphs, model, data, seed + world.rank)     # own dropout masks
     return _Run(spec, cfg, model, data, batches, step, stopper, schedule, out_dir, seed,
-                save_every, dict(tag or {}))
+                save_every, dict(tag or {}), world=world)
+
+
+def _batches(spec, n: int, seed: int, world: World) -> Batches:
+    """This process's batches, checked: the global batch splits into every process's
+    micro-batches, and batch norm gets more than one value per channel in each."""
+    cfg = spec.config
+    check_batch_split(cfg, n if cfg.batch == "full" else min(cfg.batch, n), world.size)
+    batches = Batches(n, cfg.batch, seed, shuffle=cfg.shuffle, drop_last=cfg.drop_last,
+                      rank=world.rank, world=world.size)
+    _check_batch_norm(spec, batches.smallest // cfg.accumulate)
+    return batches
+
+
+def _advise_memory(spec, batches: Batches, model: Model, world: World) -> None:
+    """Warn (once, the leader) when a step will not fit the device's memory, suggesting
+    the micro-batch that would (runtime/memory_advice.py)."""
+    memory_advice.warn(spec, batches.largest, spec.config.accumulate, model.device,
+                       enabled=world.leader)
 
 
 def _resume(run: _Run, outcome: _Outcome) -> int:
@@ -409,19 +500,20 @@ def _resume(run: _Run, outcome: _Outcome) -> int:
 def _run_epoch(run: _Run, epoch: int, bar: Progress, outcome: _Outcome) -> bool:
     """Train, validate, record and checkpoint one epoch; True when early stopping says stop."""
     t0 = time.perf_counter()
-    train = _train_epoch(run.step, run.batches, epoch, run.schedule, bar)
+    train = _train_epoch(run.step, run.batches, epoch, run.schedule, bar, run.world)
     run.step.copy_to(run.model)
     record = _record(run.model, run.data, epoch, train, t0, run.tag)
     run.schedule.end_epoch(epoch, record)
     outcome.records.append(record)
-    with open(run.out_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    if run.tensorboard is not None:
-        run.tensorboard.epoch(record)
-    bar.epoch(record)
     stop = run.stopper is not None and run.stopper.update(epoch, record, run.model.state)
-    _save_epoch(run, epoch, outcome)
-    return stop
+    if run.writes:
+        with open(run.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if run.tensorboard is not None:
+            run.tensorboard.epoch(record)
+        bar.epoch(record)
+        _save_epoch(run, epoch, outcome)
+    return run.world.agree(stop, run.step.device)
 
 
 def _save_epoch(run: _Run, epoch: int, outcome: _Outcome) -> None:
@@ -449,7 +541,22 @@ def _rewrite_metrics(path: Path, records: list) -> None:
 
 def _finish(run: _Run, outcome: _Outcome, t_start: float) -> dict:
     """Evaluate the test split on the final (with early stopping, the best) weights and
-    write final.json; then re-raise an interruption or report a divergence."""
+    write final.json (the leader; other processes return {}); then re-raise an
+    interruption or report a divergence."""
+    final = _write_final(run, outcome, t_start) if run.writes else {}
+    epochs_run, out_dir = len(outcome.records), run.out_dir
+    if outcome.stopped == "interrupted":
+        raise KeyboardInterrupt
+    if outcome.diverged:
+        kept = (f"the last good weights (epoch {epochs_run}) are in "
+                f"{out_dir / 'checkpoint.safetensors'}" if epochs_run else
+                "no epoch finished, so no checkpoint was written")
+        raise UserError(f"training diverged: {outcome.diverged}; {kept}",
+                        run.spec.config.optimizer.span, hint="lower the learning rate")
+    return final
+
+
+def _write_final(run: _Run, outcome: _Outcome, t_start: float) -> dict:
     spec, model, stopper, out_dir = run.spec, run.model, run.stopper, run.out_dir
     if stopper is not None and stopper.best_state is not None:
         model.state.update(stopper.best_state)
@@ -464,14 +571,6 @@ def _finish(run: _Run, outcome: _Outcome, t_start: float) -> dict:
              **_test_metrics(model, run.data, out_dir)}
     (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
     _write_overlay(model, run.data.val if len(run.data.val) else run.data.test, out_dir / "overlay.png")
-    if outcome.stopped == "interrupted":
-        raise KeyboardInterrupt
-    if outcome.diverged:
-        kept = (f"the last good weights (epoch {epochs_run}) are in "
-                f"{out_dir / 'checkpoint.safetensors'}" if epochs_run else
-                "no epoch finished, so no checkpoint was written")
-        raise UserError(f"training diverged: {outcome.diverged}; {kept}",
-                        spec.config.optimizer.span, hint="lower the learning rate")
     return final
 
 
@@ -620,11 +719,13 @@ def _check_data(model: Model, data, cfg) -> None:
                         ) from None
 
 
-def _write_run_yaml(path: Path, spec, cfg, model: Model, seed: int, data) -> None:
+def _write_run_yaml(path: Path, spec, cfg, model: Model, seed: int, data,
+                    world: World = World()) -> None:
     doc = {
         "spec": str(Path(spec.path).resolve()), "model": spec.graph.name, "spec_sha256": spec.spec_hash,
         "sets": list(spec.sets), "seed": seed, "backend": model.backend,
         "device": str(model.device), "params": spec.num_params(),
+        **({"nproc": world.size} if world.size > 1 else {}),
         "data": data.describe(),
         "train": {**cfg.to_dict(), "seed": seed}, "versions": _versions(),
         "command": " ".join(sys.argv),

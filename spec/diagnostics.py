@@ -79,6 +79,11 @@ class UserError(Exception):
         return self.render()
 
 
+def render_warning(message: str, span: Span | None = None, hint: str | None = None) -> str:
+    """A warning in the form of an error (`file:line:col: warning: ...`, the caret line)."""
+    return _render_one("warning", message, span) + (f"\n  = hint: {hint}" if hint else "")
+
+
 def _render_one(kind: str, message: str, span: Span | None) -> str:
     if span is None:
         return f"dlc: {kind}: {message}"

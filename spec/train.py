@@ -40,6 +40,7 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "optimizer": ("call", OPTIMIZERS, "optimizer adam(lr=1e-3)"),
     "schedule": ("call", SCHEDULES, "schedule cosine(warmup=2)"),
     "batch": ("batch", None, "batch 64   (or `full` for batch gradient descent)"),
+    "accumulate": ("posint", None, "accumulate 4   (micro-batches per optimizer step)"),
     "epochs": ("posint", None, "epochs 30"),
     "seed": ("seed", None, "seed 0"),
     "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
@@ -437,6 +438,19 @@ def _ensemble(cfg: TrainConfig, key: str, key_span: Span, value, value_span: Spa
     return call
 
 
+def check_batch_split(cfg: TrainConfig, batch: int | str, nproc: int) -> None:
+    """A (global) batch must split into `accumulate` micro-batches on each of `nproc`
+    processes: a UserError at the setting that does not divide it."""
+    parts = cfg.accumulate * nproc
+    if not isinstance(batch, int) or batch % parts == 0:
+        return
+    how = " x ".join(f"{n} {what}" for n, what in ((cfg.accumulate, "micro-batches"),
+                                                  (nproc, "processes")) if n > 1)
+    span = cfg.spans.get("accumulate") or cfg.spans.get("batch")
+    raise UserError(f"batch {batch} does not split into {how}", span,
+                    hint=f"use a batch that is a multiple of {parts}")
+
+
 def resolve_train(trains: list[ast.TrainDef],
                   overrides: list[tuple[str, Span, ast.Node]]) -> TrainConfig:
     cfg = TrainConfig()
@@ -462,6 +476,7 @@ def resolve_train(trains: list[ast.TrainDef],
         setattr(cfg, key, Call(call.name, bind(table[call.name], [], dict(
             (k, (v, call.arg_spans.get(k))) for k, v in call.args.items()), call.name, call.span),
             call.span, call.arg_spans))
+    check_batch_split(cfg, cfg.batch, 1)
     _check_early_stopping_has_val(cfg)
     _check_param_groups(cfg)
     return cfg

@@ -1,6 +1,6 @@
 """The op registry and every op family; importing this package registers them all."""
-from . import (boxes, conv, core, dense, detection, losses, norm, optim, pool,  # noqa: F401
-               roi)  # (registration side effects)
+from . import (boxes, collective, conv, core, dense, detection, losses, norm,  # noqa: F401
+               optim, pool, roi)  # (registration side effects)
 from .registry import (REQUIRED, Arg, Builder, ExecContext, LocalState, Op, ShapeError, all_ops,
                        get, layer, layer_names, register)
 

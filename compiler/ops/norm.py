@@ -11,7 +11,15 @@ and training-mode lowering rewrites it into
     @running_var  <- ema_update(running_var, var_unbiased)   {momentum}
 
 exactly as torch.nn.BatchNorm2d updates its buffers (the running variance takes the
-unbiased batch variance).  Every backward is an explicit formula, not autograd.
+unbiased batch variance).
+
+`bn(sync=true)` (attribute `sync=true` on both forms) is synchronised batch norm for
+data-parallel runs, as torch.nn.SyncBatchNorm: the batch statistics are those of the
+global batch (per-channel sums all-reduced across the processes), and the backward
+all-reduces the sums it needs for the input gradient; the weight and bias gradients stay
+per process (the gradient all-reduce averages them). Alone, it is plain batch norm.
+Every process holds an equal share of the batch, so the global count is the local one
+times the number of processes.  Every backward is an explicit formula, not autograd.
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from ._lazy import F, torch
 
 from ..ir import TensorType
 from ..limits import MAX_WINDOW, fmt_int
+from .collective import all_reduce_flat, process_world
 from .registry import Arg, LocalState, Op, ShapeError, register
 
 
@@ -53,12 +62,17 @@ class BatchNorm(Op):
         return [e.let(f"({x} - {mean}) * {inv} * {w} + {b}")]
     layer = "bn"
     args = (Arg("eps", 1e-5, kind="float", doc="added to the variance for stability"),
-            Arg("momentum", 0.1, kind="float", doc="weight of the new batch in the running stats"))
+            Arg("momentum", 0.1, kind="float", doc="weight of the new batch in the running stats"),
+            Arg("sync", False, kind="bool",
+                doc="data-parallel runs: statistics of the global batch (SyncBatchNorm)"))
     doc = "Batch normalisation over N (and H, W) per channel, as nn.BatchNorm1d/2d."
 
     def attrs(self, bound, in_types):
-        return {"eps": float(bound.get("eps", 1e-5)),
-                "momentum": float(bound.get("momentum", 0.1))}
+        attrs = {"eps": float(bound.get("eps", 1e-5)),
+                 "momentum": float(bound.get("momentum", 0.1))}
+        if bound.get("sync", False):
+            attrs["sync"] = True                      # only when set: the IR text stays short
+        return attrs
 
     def infer(self, ins, attrs):
         _channels(ins[0], "bn")
@@ -91,8 +105,8 @@ class BatchNorm(Op):
 
     def lower_train(self, b, node, ins):
         x, w, bias, running_mean, running_var = ins
-        y, mean, var, var_unbiased = b.emit("batch_norm_train", [x, w, bias],
-                                            {"eps": node.attrs["eps"]})
+        attrs = {k: node.attrs[k] for k in ("eps", "sync") if k in node.attrs}
+        y, mean, var, var_unbiased = b.emit("batch_norm_train", [x, w, bias], attrs)
         m = {"momentum": node.attrs["momentum"]}
         b.graph.updates[running_mean.state.name] = b.emit1("ema_update", [running_mean, mean], m)
         b.graph.updates[running_var.state.name] = b.emit1("ema_update",
@@ -149,11 +163,14 @@ class BatchNormTrain(Op):
         x, w, b = ins                                 # x (N, C) or (N, C, H, W)
         dims = _reduce_dims(x)
         n = x.numel() // x.shape[1]
+        if attrs.get("sync") and process_world() > 1:
+            mean, var, n = _global_stats(x, dims)
+        else:
+            mean = x.mean(dims)                                          # (C,)
+            var = x.var(dims, correction=0)                              # (C,)
         if n < 2:
             raise ValueError(f"batch norm in training needs more than one value per channel, "
                              f"got input of size {tuple(x.shape)}")
-        mean = x.mean(dims)                                              # (C,)
-        var = x.var(dims, correction=0)                                  # (C,)
         xhat = (x - _per_channel(mean, x)) * _per_channel(torch.rsqrt(var + attrs["eps"]), x)
         y = xhat * _per_channel(w, x) + _per_channel(b, x)
         return (y, mean, var, var * (n / (n - 1)))
@@ -185,9 +202,24 @@ class BatchNormTrainBwd(_BatchNormBwd):
         xhat = (x - _per_channel(mean, x)) * _per_channel(invstd, x)
         gb = gy.sum(dims)
         gw = (gy * xhat).sum(dims)
-        gx = _per_channel(w * invstd / n, x) * (n * gy - _per_channel(gb, x)
-                                                - xhat * _per_channel(gw, x))
+        sgb, sgw = gb, gw                 # the sums over every value the statistics saw
+        if attrs.get("sync") and process_world() > 1:
+            sgb, sgw = all_reduce_flat([gb, gw])
+            n = n * process_world()
+        gx = _per_channel(w * invstd / n, x) * (n * gy - _per_channel(sgb, x)
+                                                - xhat * _per_channel(sgw, x))
         return (gx, gw, gb)
+
+
+def _global_stats(x, dims):
+    """(mean, biased var, count) per channel over the inputs of every process (equal
+    shares): the sums first, then the squared deviations from the global mean (two
+    collectives)."""
+    n = x.numel() // x.shape[1] * process_world()
+    (total,) = all_reduce_flat([x.sum(dims)])                            # (C,)
+    mean = total / n
+    (sq,) = all_reduce_flat([((x - _per_channel(mean, x)) ** 2).sum(dims)])
+    return mean, sq / n, n
 
 
 @register

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import dlc
 from dlc.cli import main
-from dlc.compiler.pipeline import build_train_graph
+from dlc.compiler.pipeline import build_step_graphs, build_train_graph
 from dlc.runtime import loop
 from dlc.runtime.data import load
 from dlc.runtime.loop import Batches, EarlyStopping, TrainStep
@@ -173,13 +173,19 @@ def test_read_backs_happen_only_when_the_bar_redraws(tmp_path, monkeypatch, prog
     assert calls == expected
 
 
-def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch):
-    """Only `_read_back` turns device values into Python values during an epoch."""
-    spec = dlc.compile_spec(_tiny(tmp_path))
-    graph = build_train_graph(spec.graph, spec.config)
-    model = Model(spec, backend="reference", device="cpu", extra_graphs=[graph])
+@pytest.mark.parametrize("accumulate", [1, 4])
+def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch, accumulate):
+    """Only `_read_back` turns device values into Python values during an epoch (with
+    gradient accumulation too: its micro-batches are summed on the device)."""
+    path = _tiny(tmp_path)
+    path.write_text(path.read_text().replace("batch     256", f"batch     256\n"
+                                             f"    accumulate {accumulate}"))
+    spec = dlc.compile_spec(path)
+    graphs = build_step_graphs(spec.graph, spec.config)
+    assert len(graphs) == (1 if accumulate == 1 else 2)
+    model = Model(spec, backend="reference", device="cpu", extra_graphs=graphs)
     data = load(spec.config.data, 0, spec.path.parent)
-    step = TrainStep(graph, model, data, seed=0)
+    step = TrainStep(graphs, model, data, seed=0)
     batches = Batches(len(data.train), spec.config.batch, seed=0)
     reads, inside = [], [False]
 
