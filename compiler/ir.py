@@ -183,6 +183,6 @@ def print_graph(g: Graph, *, locs: bool = True) -> str:
     for sname, v in g.updates.items():
         lines.append(f"  @{sname} <- {name(v)}")
     outs = ", ".join(name(v) for v in g.outputs)
-    lines.append(f"  return {outs}")
+    lines.append(f"  return {outs}".rstrip())          # the apply graph returns nothing
     lines.append("}")
     return "\n".join(lines) + "\n"

@@ -177,7 +177,8 @@ class TrainStep:
             self._forward_backward(idx, with_lr=True)
             return
         grads = None
-        for part in torch.tensor_split(idx, self.accumulate):          # micro-batches
+        # micro-batches (a last batch shorter than k: one example each)
+        for part in torch.tensor_split(idx, min(self.accumulate, len(idx))):
             outs = self._forward_backward(part, with_lr=self.grad_lr)
             weight = len(part) / len(idx)
             if grads is None:
@@ -465,7 +466,8 @@ def _batches(spec, n: int, seed: int, world: World) -> Batches:
     """This process's batches, checked: the global batch splits into every process's
     micro-batches, and batch norm gets more than one value per channel in each."""
     cfg = spec.config
-    check_batch_split(cfg, n if cfg.batch == "full" else min(cfg.batch, n), world.size)
+    if cfg.batch != "full" and cfg.batch <= n:     # else one batch, cut to fit the processes
+        check_batch_split(cfg, cfg.batch, world.size)
     batches = Batches(n, cfg.batch, seed, shuffle=cfg.shuffle, drop_last=cfg.drop_last,
                       rank=world.rank, world=world.size)
     _check_batch_norm(spec, batches.smallest // cfg.accumulate)

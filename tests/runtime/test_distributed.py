@@ -171,7 +171,7 @@ def _epochs_recorded(run: Path) -> int:
 
 def test_a_killed_worker_stops_the_run_and_the_run_resumes(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    epochs = 40
+    epochs = 20
     one = _one_process(_spec(tmp_path / "a", epochs=epochs), tmp_path / "a" / "run")
     run = tmp_path / "b" / "run"
     proc = subprocess.Popen([sys.executable, "-m", "dlc", "train",
@@ -215,7 +215,7 @@ def test_boosting_refuses_several_processes(tmp_path, capsys):
 
 def test_kfold_members_run_one_per_process(tmp_path):
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    extra = "    kfold(k=3)\n"
+    extra = "    kfold(k=2)\n"
     assert main(["train", str(_spec(tmp_path / "a", extra=extra)), "--out",
                  str(tmp_path / "a" / "run"), "--quiet", "--backend", "reference"]) == 0
     r = _launch([_spec(tmp_path / "b", extra=extra), "--nproc", "2",
@@ -223,9 +223,9 @@ def test_kfold_members_run_one_per_process(tmp_path):
     assert r.returncode == 0, r.stderr
     want, got = (json.loads((tmp_path / d / "run" / "final.json").read_text())
                  for d in ("a", "b"))
-    assert [f["dir"] for f in got["folds"]] == ["folds/0", "folds/1", "folds/2"]
+    assert [f["dir"] for f in got["folds"]] == ["folds/0", "folds/1"]
     assert got["test_acc"] == pytest.approx(want["test_acc"])
-    for i in range(3):
+    for i in range(2):                              # one member per process
         _assert_close(_weights(tmp_path / "b" / "run" / "folds" / str(i)),
                       _weights(tmp_path / "a" / "run" / "folds" / str(i)), atol=1e-6)
 
