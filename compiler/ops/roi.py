@@ -17,8 +17,8 @@ pooling's (floor/ceil: every cell is covered), a level's bins flattened channel-
 levels concatenated in order.
 
 Gradients flow to x only (RoIs are proposals, not trained through).  `spp` and its gradient
-have Triton kernels (templates/roi.py), and so do the forwards of roi_pool and roi_spp;
-roi_align and the RoI gradients have none yet: on the triton backend they run as `torch` steps (their reference forwards between the kernels,
+have Triton kernels (templates/roi.py), and so do the forwards of roi_pool, roi_spp and
+roi_align; the RoI gradients have none yet: on the triton backend they run as `torch` steps (their reference forwards between the kernels,
 compiler/torch_call.py).
 """
 from __future__ import annotations
@@ -247,6 +247,8 @@ class RoiPoolBwd(FirstInputGradBwd):
 @register
 class RoiAlign(_RoiOp):
     name = layer = "roi_align"
+    triton = "roi"                     # templates/roi.py (its gradient: a torch step)
+    triton_epilogue = True
     args = _RoiOp.args + (
         Arg("sampling_ratio", -1, kind="int", doc="samples per bin side; <= 0: ceil(roi/bin)"),
         Arg("aligned", False, kind="bool", doc="shift by -0.5 pixel (pixel centres)"))

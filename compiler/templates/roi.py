@@ -19,6 +19,9 @@ whole map, the levels concatenated) and its gradient, and Fast R-CNN's RoI max p
               block's largest bin. Its gradient is still a torch step.
     roi_spp   output [R, C*sum(l*l)]: roi_pool with l x l bins at each level, the levels
               unrolled as spp's are. Its gradient is still a torch step.
+    roi_align output [R, C, PH, PW]: the mean of a bin's bilinear samples, each sample's four
+              taps gathered (torchvision's rules at the map's edges). Its gradient is still a
+              torch step.
 
 The levels are attributes, so each level is its own unrolled section of the kernel.
 """
@@ -32,7 +35,8 @@ INTERPRETER_BLOCK = 2048       # the interpreter's cost is per program: few, lar
 
 
 def render(ctx) -> None:
-    {"spp": spp, "spp_bwd": spp_bwd, "roi_pool": roi_pool, "roi_spp": roi_spp}[ctx.node.op](ctx)
+    {"spp": spp, "spp_bwd": spp_bwd, "roi_pool": roi_pool, "roi_spp": roi_spp,
+     "roi_align": roi_align}[ctx.node.op](ctx)
 
 
 def _block(ctx) -> int:
@@ -151,18 +155,21 @@ def spp_bwd(ctx) -> None:
 
 # -- RoI max pooling (Fast R-CNN) -------------------------------------------------------------
 
-def _roi_corners(ctx, rois_i: int, rank: int) -> None:
+def _roi_row(ctx, rank: int) -> list[str]:
+    """b (the image of RoI r) and the variables holding its x0, y0, x1, y1 in input pixels."""
+    if rank == 2:                                         # [R, 5]: (image, x0, y0, x1, y1)
+        first = ctx.load(1, "r * 5", "r", "mask")
+        ctx.emit(f"b = {first}.to(tl.int64)")
+        return [ctx.load(1, f"r * 5 + {k + 1}", "r", "mask") for k in range(4)]
+    ctx.emit("b = r // P")                                # [N, P, 4]: P boxes per image
+    return [ctx.load(1, f"r * 4 + {k}", "r", "mask") for k in range(4)]
+
+
+def _roi_corners(ctx, rank: int) -> None:
     """b (image), x0, y0, x1, y1 of RoI r (int64, on the feature map: the corners scaled
     by SCALE in float64 and rounded half away from zero, as torchvision's roi_pool)."""
     e = ctx.emit
-    if rank == 2:                                         # [R, 5]: (image, x0, y0, x1, y1)
-        first = ctx.load(rois_i, "r * 5", "r", "mask")
-        e(f"b = {first}.to(tl.int64)")
-        cols = [ctx.load(rois_i, f"r * 5 + {k + 1}", "r", "mask") for k in range(4)]
-    else:                                                 # [N, P, 4]: P boxes per image
-        e("b = r // P")
-        cols = [ctx.load(rois_i, f"r * 4 + {k}", "r", "mask") for k in range(4)]
-    for name, v in zip(("x0", "y0", "x1", "y1"), cols):
+    for name, v in zip(("x0", "y0", "x1", "y1"), _roi_row(ctx, rank)):
         e(f"{name}f = {v}.to(tl.float64) * SCALE")
         e(f"{name} = tl.where({name}f < 0, -tl.floor(-{name}f + 0.5), "
           f"tl.floor({name}f + 0.5)).to(tl.int64)")
@@ -174,22 +181,29 @@ def _roi_bins(ctx, bins_h: str = "PH", bins_w: str = "PW") -> None:
     e = ctx.emit
     e(f"bin_h = tl.maximum(y1 - y0 + 1, 1).to(tl.float64) / {bins_h}")
     e(f"bin_w = tl.maximum(x1 - x0 + 1, 1).to(tl.float64) / {bins_w}")
-    e("hs = tl.minimum(tl.maximum(tl.floor(ph.to(tl.float64) * bin_h).to(tl.int64) + y0, 0), H)")
-    e("he = tl.minimum(tl.maximum(tl.ceil((ph + 1).to(tl.float64) * bin_h).to(tl.int64) + y0, 0), H)")
-    e("ws = tl.minimum(tl.maximum(tl.floor(pw.to(tl.float64) * bin_w).to(tl.int64) + x0, 0), W)")
-    e("we = tl.minimum(tl.maximum(tl.ceil((pw + 1).to(tl.float64) * bin_w).to(tl.int64) + x0, 0), W)")
+    for a, o, size, start, step in (("h", "ph", "H", "y0", "bin_h"),
+                                    ("w", "pw", "W", "x0", "bin_w")):
+        lo = f"tl.floor({o}.to(tl.float64) * {step}).to(tl.int64) + {start}"
+        hi = f"tl.ceil(({o} + 1).to(tl.float64) * {step}).to(tl.int64) + {start}"
+        e(f"{a}s = tl.minimum(tl.maximum({lo}, 0), {size})")
+        e(f"{a}e = tl.minimum(tl.maximum({hi}, 0), {size})")
 
 
-def roi_pool(ctx) -> None:
+def _roi_bins_setup(ctx) -> int:
+    """An output [R, C, PH, PW]: its sizes and launch, and pw, ph, c, r of each element;
+    returns the RoIs' rank."""
     ph, pw = ctx.out_shape(0)[2:]
     ctx.int("PH", ph), ctx.int("PW", pw)
     rank = _roi_setup(ctx, "[R, C, PH, PW]")
-    e = ctx.emit
-    e("pw = offs % PW")
-    e("ph = (offs // PW) % PH")
-    e("c = (offs // (PW * PH)) % C")
-    e("r = offs // (PW * PH * C)")
-    _roi_corners(ctx, 1, rank)
+    for line in ("pw = offs % PW", "ph = (offs // PW) % PH", "c = (offs // (PW * PH)) % C",
+                 "r = offs // (PW * PH * C)"):
+        ctx.emit(line)
+    return rank
+
+
+def roi_pool(ctx) -> None:
+    rank = _roi_bins_setup(ctx)
+    _roi_corners(ctx, rank)
     _roi_bins(ctx)
     _bin_max(ctx, "mask")
     ctx.epilogue("best", "offs", "c", "mask")
@@ -235,7 +249,7 @@ def roi_spp(ctx) -> None:
     e = ctx.emit
     e("r = offs // WIDTH")
     e("j = offs % WIDTH")
-    _roi_corners(ctx, 1, rank)
+    _roi_corners(ctx, rank)
     e("out = tl.zeros([BLOCK], dtype=tl.float32)")
     for k, lv, base in levels:
         e(f"# level {k}: {lv} x {lv} bins from element {base}")
@@ -248,3 +262,70 @@ def roi_spp(ctx) -> None:
         _bin_max(ctx, "inl")
         e("out = tl.where(inl, best, out)")
     ctx.epilogue("out", "offs", "j", "mask")
+
+
+# -- RoI align (Mask R-CNN; R-CNN's warp) ------------------------------------------------------
+
+def _align_axis(ctx, axis: str, pos: str, size: str) -> None:
+    """{axis}0, {axis}1 (int64 taps) and {axis}l (weight of tap 1) of sample `pos`, and
+    {axis}ok (the sample is within [-1, size]), as torchvision's bilinear_interpolate."""
+    e = ctx.emit
+    e(f"{axis}ok = ({pos} >= -1.0) & ({pos} <= {size}.to(tl.float32))")
+    e(f"{axis}p = tl.maximum({pos}, 0.0)")
+    e(f"{axis}0 = {axis}p.to(tl.int64)")
+    e(f"{axis}last = {axis}0 >= {size} - 1")
+    e(f"{axis}0 = tl.where({axis}last, {size} - 1, {axis}0)")
+    e(f"{axis}1 = tl.where({axis}last, {axis}0, {axis}0 + 1)")
+    e(f"{axis}l = tl.where({axis}last, 0.0, {axis}p - {axis}0.to(tl.float32))")
+
+
+def roi_align(ctx) -> None:
+    """The mean of gh x gw bilinear samples per bin (gh = sampling_ratio, or ceil(roi_h / PH)
+    per RoI when it is <= 0), the box scaled and shifted by -0.5 when `aligned`, in float32
+    as the reference computes it; the sample loops run to the block's largest grid."""
+    rank = _roi_bins_setup(ctx)
+    e = ctx.emit
+    cols = _roi_row(ctx, rank)
+    shift = 0.5 if ctx.attrs["aligned"] else 0.0
+    scale = float(ctx.attrs["spatial_scale"])
+    for name, v in zip(("bx0", "by0", "bx1", "by1"), cols):
+        e(f"{name} = {v} * {scale!r} - {shift!r}")
+    e("rw = bx1 - bx0")
+    e("rh = by1 - by0")
+    if not ctx.attrs["aligned"]:
+        e("rw = tl.maximum(rw, 1.0)")
+        e("rh = tl.maximum(rh, 1.0)")
+    sr = ctx.attrs["sampling_ratio"]
+    if sr > 0:
+        e(f"gh = tl.full([BLOCK], {sr}, tl.int64)")
+        e(f"gw = tl.full([BLOCK], {sr}, tl.int64)")
+    else:
+        e("gh = tl.ceil(rh / PH).to(tl.int64)")
+        e("gw = tl.ceil(rw / PW).to(tl.int64)")
+    e("step_h = rh / PH")
+    e("step_w = rw / PW")
+    e("plane = (b * C + c) * H * W")
+    e("acc = tl.zeros([BLOCK], dtype=tl.float32)")
+    e("rows = tl.max(tl.where(mask, gh, 0), axis=0)")
+    e("cols = tl.max(tl.where(mask, gw, 0), axis=0)")
+    e("for iy in range(0, rows):")
+    ctx.indent += 1
+    e("y = by0 + ph.to(tl.float32) * step_h + (iy + 0.5) * step_h / "
+      "tl.maximum(gh, 1).to(tl.float32)")
+    _align_axis(ctx, "h", "y", "H")
+    e("for ix in range(0, cols):")
+    ctx.indent += 1
+    e("x = bx0 + pw.to(tl.float32) * step_w + (ix + 0.5) * step_w / "
+      "tl.maximum(gw, 1).to(tl.float32)")
+    _align_axis(ctx, "w", "x", "W")
+    e("ok = mask & (iy < gh) & (ix < gw) & hok & wok")
+    v = {}
+    for a in "01":
+        for bb in "01":
+            v[a + bb] = ctx.load(0, f"plane + h{a} * W + w{bb}", "c", "ok")
+    e(f"top = (1.0 - wl) * {v['00']} + wl * {v['01']}")
+    e(f"bot = (1.0 - wl) * {v['10']} + wl * {v['11']}")
+    e("acc += tl.where(ok, (1.0 - hl) * top + hl * bot, 0.0)")
+    ctx.indent -= 2
+    e("count = tl.maximum(gh * gw, 1).to(tl.float32)")
+    ctx.epilogue(ctx.let("acc / count"), "offs", "c", "mask")
