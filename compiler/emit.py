@@ -109,6 +109,12 @@ def emit(spec, what: str, batch: int = 32, nproc: int = 1) -> str | bytes:
     raise ValueError(what)
 
 
+def _reader_loc(g, v):
+    """Where the first node reading v was written (a target input such as %boxes has no
+    `input` line: its loss has)."""
+    return next((n.loc for n in g.nodes if any(i is v for i in n.inputs)), None)
+
+
 def train_plan(spec, batch: int):
     """The kernel plan of the training step at this batch (`--emit plan` / `--emit triton`)."""
     from ..spec.diagnostics import UserError
@@ -122,7 +128,8 @@ def train_plan(spec, batch: int):
     if symbols:
         raise UserError(f"the kernel plan needs concrete sizes, but the input has the size "
                         f"symbol{'s' if len(symbols) > 1 else ''} {', '.join(symbols)}",
-                        spec.graph.input_locs.get(symbolic[0].input_name),
+                        spec.graph.input_locs.get(symbolic[0].input_name)
+                        or _reader_loc(g, symbolic[0]),
                         hint="plans are made at run time for the sizes of the data; "
                              "declare fixed sizes in the input to see one here")
     return make_plan(g, {"N": batch}, training=True)

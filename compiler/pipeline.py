@@ -31,6 +31,7 @@ from .config import LossTerm, TrainConfig, target_input
 from .ir import Graph, TensorType, Value, print_graph
 from .lower import live_nodes, lower
 from .ops import Builder, ShapeError
+from .ops import get as get_op
 from ..spec.diagnostics import located
 from .optimizers import add_lookahead, lower_optimizer, param_settings
 from .verify import verify
@@ -56,7 +57,11 @@ Pass = Callable[[Graph, PassContext], Graph]
 
 def target_type(out: TensorType, loss: str) -> TensorType:
     """The type of a loss's target, given the output it scores: class indices [N] for
-    cross-entropy, a mask [N, H, W] for per-pixel cross-entropy, else the output's type."""
+    cross-entropy, a mask [N, H, W] for per-pixel cross-entropy, ground-truth boxes
+    [N, M, 5] for a detection loss (M, the rows per image, is the data's), else the
+    output's type."""
+    if getattr(get_op(loss), "box_target", False):
+        return TensorType((out.shape[0], "M", 5), "f32")
     if loss == "cross_entropy":
         return TensorType((out.shape[0],), "i64")
     if loss == "pixel_cross_entropy" and out.rank == 4:

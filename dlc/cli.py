@@ -418,7 +418,29 @@ def cmd_predict(args) -> int:
         folder = Path(args.output).with_suffix("").with_name(Path(args.output).stem + "_masks")
         save_masks(masks, folder)
         print(f"wrote {len(masks)} coloured masks to {folder}/")
+    _predict_detections(model, inputs, args.output, run)
     return 0
+
+
+def _predict_detections(model, inputs: dict, output: str, run: dict | None) -> None:
+    """A detector's boxes after NMS: <output stem>.detections.json and one picture per image
+    with its boxes drawn in <output stem>_boxes/."""
+    from .runtime.detect import class_names, detector_of
+    det = detector_of(model.spec.config) if hasattr(model, "detect") else None
+    if det is None:
+        return
+    from .runtime.detviz import save_detections
+    x = inputs if len(inputs) > 1 else next(iter(inputs.values()))
+    found = model.detect(x)
+    names = ((run or {}).get("data") or {}).get("class_names")
+    out = Path(output)
+    json_path = out.with_name(out.stem + ".detections.json")
+    folder = out.with_name(out.stem + "_boxes")
+    images = model.shape_batch(next(iter(inputs.values())), "the input").cpu().numpy()
+    save_detections(found, class_names(names, det.classes(model.spec.graph)), json_path,
+                    folder, images)
+    print(f"wrote {sum(len(f) for f in found)} detections of {len(found)} images to "
+          f"{json_path} and {folder}/")
 
 
 def cmd_bench(args) -> int:

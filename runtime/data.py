@@ -212,8 +212,10 @@ def _shapes(call: Call, seed: int) -> Dataset:
     if a["noise"] < 0:
         raise UserError("shapes: noise must not be negative", call.arg_spans.get("noise", call.span))
     d = generate(a["n"], a["size"], a["max_shapes"], a["noise"], seed)
-    return _split(d["x"], d["y"], a, seed, len(CLASSES), "shapes",
+    data = _split(d["x"], d["y"], a, seed, len(CLASSES), "shapes",
                   extra={"masks": d["masks"], "boxes": d["boxes"]})
+    data.class_names = list(CLASSES)
+    return data
 
 
 def _voc(call: Call, seed: int, base_dir: Path) -> Dataset:
@@ -229,8 +231,10 @@ def _voc(call: Call, seed: int, base_dir: Path) -> Dataset:
         raise UserError(f"voc: size is a positive integer or a pair [h, w], got {a['size']}",
                         call.arg_spans.get("size", call.span))
     d = read_voc(root, tuple(size))
-    return _split(d["x"], d["y"], a, seed, len(CLASSES), root.name,
+    data = _split(d["x"], d["y"], a, seed, len(CLASSES), root.name,
                   extra={"masks": d["masks"], "boxes": d["boxes"]})
+    data.class_names = list(CLASSES)
+    return data
 
 
 def _split(x, y, a, seed, classes, name, extra: dict | None = None) -> Dataset:

@@ -9,6 +9,7 @@
     run.yaml                 resolved configuration, versions, spec hash, command
     curves.png, curves.svg   loss, accuracy and learning rate per epoch (runtime/plot.py)
     tensorboard/             with --tensorboard, the same records as event files (runtime/tblog.py)
+    detections.png           a detector's boxes on a few validation images (runtime/detviz.py)
 
 `run_training` is put together from small parts:
 
@@ -45,12 +46,14 @@ import torch
 import yaml
 
 from ..compiler.config import target_input
+from ..compiler.ops import get as get_op
 from ..compiler.pipeline import build_step_graphs, term_output
 from ..spec.diagnostics import UserError
 from ..spec.train import check_batch_split
 from .augment import IMAGE_ONLY, MASK_SAFE, Augmented, Augmenter
 from .backends import make_program
 from .data import load
+from .detect import class_names, detector_of
 from .distributed import World
 from .model import Model, Objective
 from .plot import write_curves
@@ -293,7 +296,7 @@ def _train_epoch(step: TrainStep, batches: Batches, epoch: int, schedule: Schedu
 def _record(model: Model, data, epoch: int, train: EpochStats, t0: float, tag: dict) -> dict:
     """The epoch's metrics.jsonl record: its training metrics and the validation split's,
     after the `tag` of an ensemble member (`{"fold": 2}`)."""
-    val = model.evaluate_split(data.val)
+    val = model.evaluate_split(data.val, data.class_names)
     return {**tag, "epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
             **_prefixed("train", train.scores), **_prefixed("val", val),
@@ -563,7 +566,7 @@ def _write_final(run: _Run, outcome: _Outcome, t_start: float) -> dict:
     if stopper is not None and stopper.best_state is not None:
         model.state.update(stopper.best_state)
     epochs_run = len(outcome.records)
-    test = model.evaluate_split(run.data.test)
+    test = model.evaluate_split(run.data.test, run.data.class_names)
     final = {**run.tag, "test_loss": test["loss"], "test_acc": test["acc"],
              **_prefixed("test", test), "epochs_run": epochs_run,
              "stopped": outcome.stopped,
@@ -572,7 +575,9 @@ def _write_final(run: _Run, outcome: _Outcome, t_start: float) -> dict:
              "backend": model.backend, "device": str(model.device),
              **_test_metrics(model, run.data, out_dir)}
     (out_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
-    _write_overlay(model, run.data.val if len(run.data.val) else run.data.test, out_dir / "overlay.png")
+    shown = run.data.val if len(run.data.val) else run.data.test
+    _write_overlay(model, shown, out_dir / "overlay.png")
+    _write_detections(model, shown, run.data.class_names, out_dir / "detections.png")
     return final
 
 
@@ -632,6 +637,19 @@ def _write_overlay(model: Model, split, path: Path, count: int = 4) -> None:
                   pred, path)
 
 
+def _write_detections(model: Model, split, names, path: Path, count: int = 4) -> None:
+    """For a detector: a few images with their detections (class colours) and truth (white)."""
+    det = detector_of(model.spec.config)
+    if det is None or len(split) == 0:
+        return
+    from .detviz import detection_sheet
+    part = split.take(slice(0, count))
+    found = model.detect(part.x)
+    detection_sheet(model.shape_batch(part.x, "images").cpu().numpy(), found,
+                    class_names(names, det.classes(model.spec.graph)), path,
+                    truth=part.target(det.target))
+
+
 def _check_batch_norm(spec, smallest: int) -> None:
     """Batch norm in training needs more than one value per channel in every batch."""
     for node in spec.graph.nodes:
@@ -663,7 +681,13 @@ def _check_term(model: Model, data, cfg, term) -> None:
         raise UserError(f"the loss of {what} reads {term.target}, but {data.name} has "
                         f"{', '.join(data.train.fields())}", span)
     have = tuple(data.train.target(target_input(term.target)).shape[1:])
-    if term.call.name == "cross_entropy":
+    if getattr(get_op(term.call.name), "box_target", False):
+        if len(have) != 2 or have[1] != 5:
+            raise UserError(f"{term.call.name} reads ground-truth boxes (class, x0, y0, x1, y1) "
+                            f"per example, but the {term.target} of {data.name} are "
+                            f"{list(have)} per example", span,
+                            hint="target=boxes reads the boxes of shapes(...) or voc(...)")
+    elif term.call.name == "cross_entropy":
         if out.rank != 2 or out.shape[1] < data.classes:
             raise UserError(f"the model's output {out} cannot score {data.classes} classes of "
                             f"{data.name}", out_loc or span,

@@ -11,6 +11,7 @@ from ..compiler.pipeline import build_eval_graph, build_infer_graph
 from ..spec.diagnostics import UserError
 from . import checkpoint as ckpt
 from .backends import make_program, resolve
+from .detect import Detector, class_names, detection_scores, detections, detector_of
 from .seg_metrics import confusion, seg_scores
 from .state import init_state
 
@@ -139,10 +140,12 @@ class Model:
                     None)
 
     def evaluate_arrays(self, x: np.ndarray, y: np.ndarray, batch: int = 512,
-                        extra: dict | None = None) -> dict:
+                        extra: dict | None = None, names: list | None = None) -> dict:
         """Mean loss and (for classification) accuracy over (x, y); with several loss terms
-        each term's mean (`losses`), with a per-pixel loss pixel accuracy and mean IoU.
-        `extra`: the other target fields the losses read (masks, ...), by name."""
+        each term's mean (`losses`), with a per-pixel loss pixel accuracy and mean IoU, for a
+        detector mAP@0.5 (`map50`), mAP@[.5:.95] (`map`) and per class (`ap`).
+        `extra`: the other target fields the losses read (masks, boxes, ...), by name;
+        `names`: the data's class names (index 0 the background), for per-class scores."""
         if len(y) == 0:
             return {"loss": None, "acc": None}
         if self._no_eval is not None:
@@ -154,17 +157,47 @@ class Model:
                       if k in obj.inputs}}
         n = len(y)
         sums = obj.zeros(self.device)
+        det, found = detector_of(self.spec.config), []
         with torch.no_grad():
             for i in range(0, n, batch):
                 tb = {k: v[i:i + batch] for k, v in targets.items() if k in obj.inputs}
                 xb = {k: t[i:i + batch] for k, t in xs.items()}
                 outs, _, _ = self._eval.run(self.state, {**xb, **tb})
                 obj.accumulate(sums, outs, tb)              # on the device: one read-back
-        return obj.means(sums.tolist(), n)
+                if det is not None:
+                    found += self._detections(det, outs[1:], xb)
+        scores = obj.means(sums.tolist(), n)
+        if det is not None:
+            scores.update(detection_scores(
+                extra[det.target], found, class_names(names, det.classes(self.spec.graph))))
+        return scores
 
-    def evaluate_split(self, split) -> dict:
+    def _detections(self, det: Detector, outs: list, inputs: dict) -> list:
+        """Detection rows per image from a batch's model outputs (in the model's order)."""
+        g = self.spec.graph
+        tensors = {**inputs, **dict(zip(g.output_names, outs))}
+        return detections(det, tensors[det.output or g.output_names[0]], tensors)
+
+    def detect(self, x, batch: int = 512) -> list:
+        """A detector's detections for every example of x: per image an array of rows
+        (class, score, x0, y0, x1, y1), best first (runtime/detect.py)."""
+        det = detector_of(self.spec.config)
+        if det is None:
+            raise UserError(f"the model {self.spec.graph.name} is not a detector: no loss of its "
+                            "train section reads ground-truth boxes")
+        xs = self.shape_inputs(x, "the input")
+        n = len(next(iter(xs.values())))
+        found = []
+        with torch.no_grad():
+            for i in range(0, n, batch):
+                xb = {k: t[i:i + batch] for k, t in xs.items()}
+                ys, _, _ = self._infer.run(self.state, xb)
+                found += self._detections(det, ys, xb)
+        return found
+
+    def evaluate_split(self, split, names: list | None = None) -> dict:
         """evaluate_arrays over a data Split (its labels or targets and its extra fields)."""
-        return self.evaluate_arrays(split.x, split.y, extra=split.extra)
+        return self.evaluate_arrays(split.x, split.y, extra=split.extra, names=names)
 
     def evaluate(self, split: str = "test") -> dict:
         from .data import load
@@ -175,7 +208,7 @@ class Model:
             raise UserError(f"the data has no {split} split (its {split} fraction is 0)",
                             cfg.data.arg_spans.get(split, cfg.data.span),
                             hint=f"set {split} > 0 in data, or evaluate another --split")
-        return self.evaluate_split(s)
+        return self.evaluate_split(s, data.class_names)
 
 
 class Objective:

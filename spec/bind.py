@@ -47,7 +47,7 @@ def coerce(value: Any, kind: str) -> Any:
     if kind == "int2":
         if isint:
             return (value, value)
-        if isinstance(value, list) and len(value) == 2 and all(
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(
                 isinstance(x, int) and not isinstance(x, bool) for x in value):
             return tuple(value)
     if kind == "ints" and isinstance(value, list) and all(

@@ -17,7 +17,8 @@ from .diagnostics import Note, Span, UserError, did_you_mean
 from .elaborate import Elaborator
 from .values import Symbol
 
-LOSSES = {name: get_op(name).args for name in ("cross_entropy", "mse", "pixel_cross_entropy")}
+LOSSES = {name: get_op(name).args for name in ("cross_entropy", "mse", "pixel_cross_entropy",
+                                               "yolo_loss")}
 PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
              "l1": (Arg("strength", kind="float", doc="multiplies sum(|w|)"),)}
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)

@@ -175,7 +175,7 @@ class _YoloOp(Op):
             out["size"] = pair(bound["size"], f"{self.name} size")
         return out
 
-    def check(self, t: TensorType, attrs) -> tuple[int, int, int]:
+    def grid_dims(self, t: TensorType, attrs) -> tuple[int, int, int]:
         s, depth = _yolo_dims(t, self.name)
         b = attrs["boxes"]
         if b < 1 or depth - 5 * b < 1:
@@ -275,13 +275,14 @@ class YoloLoss(FirstInputGrad, _YoloOp):
         Arg("coord", 5.0, kind="float", doc="weight of the box coordinates (lambda_coord)"),
         Arg("noobj", 0.5, kind="float", doc="weight of confidences with no object (lambda_noobj)"))
     doc = "YOLO v1's sum-squared loss, summed over the grid and averaged over the batch."
+    box_target = True        # a train section's target: the data's boxes [N, M, 5]
 
     def attrs(self, bound, in_types):
         return {**super().attrs(bound, in_types), "coord": float(bound.get("coord", 5.0)),
                 "noobj": float(bound.get("noobj", 0.5))}
 
     def infer(self, ins, attrs):
-        self.check(ins[0], attrs)
+        self.grid_dims(ins[0], attrs)
         gt = ins[1]
         if gt.rank != 3 or gt.shape[2] != 5 or gt.shape[0] != ins[0].shape[0]:
             raise ShapeError(f"yolo_loss expects ground truth [N, M, 5] (class, x0, y0, x1, y1), "
@@ -292,6 +293,14 @@ class YoloLoss(FirstInputGrad, _YoloOp):
         pred, gt = ins
         target, weight = _targets_of(pred, gt, attrs)
         return ((weight * (pred - target) ** 2).sum() / pred.shape[0],)
+
+    def num_classes(self, t: TensorType, attrs) -> int:
+        return self.grid_dims(t, attrs)[2]
+
+    def detect(self, pred, attrs, tensors=None):
+        """The boxes the grid it scores predicts (yolo_decode): boxes [N, K, 4] in pixels,
+        class-specific scores [N, K], classes [N, K] (1..C), before NMS."""
+        return YoloDecode().forward([pred], attrs, None)
 
 
 @register
@@ -315,7 +324,7 @@ class YoloDecode(_YoloOp):
            "(confidence x class probability) and its class (1..C).")
 
     def infer(self, ins, attrs):
-        s, b, _ = self.check(ins[0], attrs)
+        s, b, _ = self.grid_dims(ins[0], attrs)
         n, k = ins[0].shape[0], s * s * b
         return [TensorType((n, k, 4), ins[0].dtype), TensorType((n, k), ins[0].dtype),
                 TensorType((n, k), "i64")]
