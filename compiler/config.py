@@ -42,7 +42,7 @@ class LossTerm:
 
 # the data field a loss compares with when `target=` is not given
 DEFAULT_TARGETS = {"cross_entropy": "labels", "mse": "targets", "pixel_cross_entropy": "masks",
-                   "yolo_loss": "boxes"}
+                   "yolo_loss": "boxes", "fast_rcnn_loss": "boxes"}
 # fields the data's `y` array holds (the rest travel as extra named arrays)
 PRIMARY_TARGETS = ("labels", "targets")
 
@@ -65,6 +65,7 @@ class TrainConfig:
     seed: int = 0                      # shuffling, splits, initialisation, dropout masks
     early_stopping: Call | None = None  # stop when `monitor` stops improving for `patience` epochs
     penalty: Call | None = None        # l1/l2 parameter-norm penalty added to the training loss
+    proposals: Call | None = None      # region proposals for the model's `proposals` input
     clip: Call | None = None           # gradient clipping: norm(max_norm) or value(clip_value)
     param_groups: list[Call] = field(default_factory=list)   # params(match=..., lr=...) overrides
     precision: str = "f32"             # f32 | bf16: the Triton backend's matmul/conv operands
@@ -96,6 +97,7 @@ class TrainConfig:
             "epochs": self.epochs, "seed": self.seed,
             "early_stopping": self.early_stopping.to_dict() if self.early_stopping else None,
             "penalty": self.penalty.to_dict() if self.penalty else None,
+            "proposals": self.proposals.to_dict() if self.proposals else None,
             "clip": self.clip.to_dict() if self.clip else None,
             "params": [g.to_dict() for g in self.param_groups],
             "precision": self.precision,

@@ -61,7 +61,7 @@ def target_type(out: TensorType, loss: str) -> TensorType:
     [N, M, 5] for a detection loss (M, the rows per image, is the data's), else the
     output's type."""
     if getattr(get_op(loss), "box_target", False):
-        return TensorType((out.shape[0], "M", 5), "f32")
+        return TensorType(("N", "M", 5), "f32")
     if loss == "cross_entropy":
         return TensorType((out.shape[0],), "i64")
     if loss == "pixel_cross_entropy" and out.rank == 4:
@@ -79,6 +79,23 @@ def term_output(g: Graph, term: LossTerm) -> Value:
     if term.output is None:
         return g.outputs[0]
     return g.outputs[g.output_names.index(term.output)]
+
+
+def read_values(g: Graph, term: LossTerm) -> list[Value]:
+    """The other tensors a loss reads beside its output (fast_rcnn_loss: `deltas=`, `rois=`),
+    each named by an output or an input of the model."""
+    found = []
+    for arg in getattr(get_op(term.call.name), "reads", ()):
+        name = term.call.args[arg]
+        if name in g.output_names:
+            found.append(g.outputs[g.output_names.index(name)])
+            continue
+        try:
+            found.append(g.input(name))
+        except KeyError:
+            raise ShapeError(f"{term.call.name} reads {arg}={name}, but the model has no output "
+                             f"or input '{name}' (outputs: {', '.join(g.output_names)})") from None
+    return found
 
 
 def lower_train(g: Graph, ctx: PassContext) -> Graph:
@@ -170,7 +187,8 @@ def _loss_term(g: Graph, b: Builder, term: LossTerm, mix: bool = False) -> Value
     if mix and term.call.name == "cross_entropy" and name == "y":
         loss = mixed_loss(g, b, term.call, out, target)
     else:
-        loss = b.emit1(term.call.name, [out, target], dict(term.call.args))
+        loss = b.emit1(term.call.name, [out, *read_values(g, term), target],
+                       dict(term.call.args))
     if term.weight != 1.0:
         loss = b.emit1("scale", [loss], {"factor": term.weight})
     return loss

@@ -402,7 +402,8 @@ def cmd_predict(args) -> int:
     from .runtime.predict_io import as_kind, read_inputs, standardized, write_outputs
     model, run = _build_for_run(args)
     data = (run or {}).get("data") or {}
-    inputs = standardized(read_inputs(args.input, model.input_names, data), data)
+    inputs = standardized(read_inputs(args.input, _read_names(model), data), data)
+    inputs = _with_proposals(model, inputs)
     kind = args.output_kind
     if getattr(model, "scores_are_probabilities", False) and kind == "probs":
         kind = "logits"            # an ensemble's combined scores are probabilities already
@@ -420,6 +421,23 @@ def cmd_predict(args) -> int:
         print(f"wrote {len(masks)} coloured masks to {folder}/")
     _predict_detections(model, inputs, args.output, run)
     return 0
+
+
+def _read_names(model) -> list[str]:
+    """The model inputs predict reads from --input: all but the proposals a spec computes."""
+    from .runtime.proposals import INPUT
+    computed = getattr(model, "spec", None) is not None and model.spec.config.proposals
+    return [n for n in model.input_names if not (computed and n == INPUT)]
+
+
+def _with_proposals(model, inputs: dict) -> dict:
+    """The inputs with the proposals of the spec's `proposals` setting, when it has one."""
+    from .runtime.proposals import INPUT, compute
+    call = model.spec.config.proposals if getattr(model, "spec", None) is not None else None
+    if call is None or INPUT in inputs:
+        return inputs
+    images = model.shape_batch(next(iter(inputs.values())), "the input").cpu().numpy()
+    return {**inputs, INPUT: compute(call, images)}
 
 
 def _predict_detections(model, inputs: dict, output: str, run: dict | None) -> None:

@@ -55,6 +55,7 @@ from .backends import make_program
 from .data import load
 from .detect import class_names, detector_of
 from .distributed import World
+from .proposals import with_proposals
 from .model import Model, Objective
 from .plot import write_curves
 from . import memory_advice, metrics, resume, rundir, tblog
@@ -454,6 +455,7 @@ def _setup(spec, out_dir: Path, backend, device, seed, save_every, data=None,
     graphs = build_step_graphs(spec.graph, cfg, world.size)
     model = Model(spec, backend=backend, device=device, seed=seed, extra_graphs=graphs)
     data = load(cfg.data, seed, spec.path.parent) if data is None else data
+    data = with_proposals(data, cfg.proposals, spec.graph)
     _check_data(model, data, cfg)
     batches = _batches(spec, len(data.train), seed, world)
     _advise_memory(spec, batches, model, world)
@@ -645,7 +647,8 @@ def _write_detections(model: Model, split, names, path: Path, count: int = 4) ->
     from .detviz import detection_sheet
     part = split.take(slice(0, count))
     found = model.detect(part.x)
-    detection_sheet(model.shape_batch(part.x, "images").cpu().numpy(), found,
+    images = part.x[model.input_names[0]] if isinstance(part.x, dict) else part.x
+    detection_sheet(model.shape_batch(images, "images").cpu().numpy(), found,
                     class_names(names, det.classes(model.spec.graph)), path,
                     truth=part.target(det.target))
 

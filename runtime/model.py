@@ -11,6 +11,7 @@ from ..compiler.pipeline import build_eval_graph, build_infer_graph
 from ..spec.diagnostics import UserError
 from . import checkpoint as ckpt
 from .backends import make_program, resolve
+from .proposals import with_proposals
 from .detect import Detector, class_names, detection_scores, detections, detector_of
 from .seg_metrics import confusion, seg_scores
 from .state import init_state
@@ -202,7 +203,8 @@ class Model:
     def evaluate(self, split: str = "test") -> dict:
         from .data import load
         cfg = self.spec.config
-        data = load(cfg.data, cfg.seed, self.spec.path.parent)
+        data = with_proposals(load(cfg.data, cfg.seed, self.spec.path.parent), cfg.proposals,
+                              self.spec.graph)
         s = getattr(data, split)
         if len(s) == 0:
             raise UserError(f"the data has no {split} split (its {split} fraction is 0)",

@@ -6,7 +6,7 @@ from ..compiler.config import Call, TrainConfig
 from ..compiler.ir import Graph
 from ..compiler.ops import ShapeError
 from ..compiler.ops import get as get_op
-from ..compiler.pipeline import target_type, term_output
+from ..compiler.pipeline import read_values, target_type, term_output
 from .diagnostics import Note, UserError, did_you_mean
 
 
@@ -27,7 +27,9 @@ def check_objective(graph: Graph, cfg: TrainConfig) -> None:
                             or "name the outputs with `output a, b` in the model")
         out = term_output(graph, term)
         try:
-            get_op(term.call.name).infer([out.type, target_type(out.type, term.call.name)],
+            reads = [v.type for v in read_values(graph, term)]
+            get_op(term.call.name).infer([out.type, *reads,
+                                          target_type(out.type, term.call.name)],
                                          dict(term.call.args))
         except ShapeError as e:
             where = out.node.loc if out.node is not None else None

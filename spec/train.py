@@ -10,6 +10,7 @@ from ..compiler.optimizers import CLIPS, MATCH_NAMES, OPTIMIZERS, check_optimize
 from ..compiler.ops.registry import Arg
 from ..runtime.augment import AUGMENTS, LABEL_MIXERS, check_augment
 from ..runtime.data import DATASOURCES, check_data_args
+from ..runtime.proposals import PROPOSALS
 from ..runtime.schedules import SCHEDULES, check_schedule_args
 from . import ast
 from .bind import bind, describe
@@ -18,7 +19,7 @@ from .elaborate import Elaborator
 from .values import Symbol
 
 LOSSES = {name: get_op(name).args for name in ("cross_entropy", "mse", "pixel_cross_entropy",
-                                               "yolo_loss")}
+                                               "yolo_loss", "fast_rcnn_loss")}
 PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
              "l1": (Arg("strength", kind="float", doc="multiplies sum(|w|)"),)}
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)
@@ -46,6 +47,7 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "seed": ("seed", None, "seed 0"),
     "early_stopping": ("early", None, "early_stopping(monitor=val_loss, patience=5)"),
     "penalty": ("call", PENALTIES, "penalty l2(1e-4)"),
+    "proposals": ("call", PROPOSALS, "proposals selective_search(count=32)"),
     "precision": ("precision", None, "precision bf16   (or f32, the default)"),
     "augment": ("augment", AUGMENTS, "augment crop(padding=4) -> flip -> mixup(0.2)"),
     "weight_noise": ("weight_noise", None, "weight_noise 0.01   (or weight_noise(std=0.01))"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 from ._lazy import F, torch
 
 from ..ir import TensorType
-from .boxes import iou
+from .boxes import decode, encode, iou, match
 from .conv import pair
 from .registry import Arg, FirstInputGrad, FirstInputGradBwd, Op, ShapeError, register
 
@@ -340,3 +340,121 @@ class YoloDecode(_YoloOp):
         scores = conf * prob[..., None]
         classes = (cls + 1)[..., None].expand(n, s, s, b)
         return boxes.reshape(n, -1, 4), scores.reshape(n, -1), classes.reshape(n, -1)
+
+
+# -- Fast R-CNN's multi-task loss ---------------------------------------------------------------
+
+FAST_RCNN_WEIGHTS = (10.0, 10.0, 5.0, 5.0)     # the box coding weights of the RoI head
+
+
+def roi_targets(rois, gt, fg_iou: float, bg_low: float, weights):
+    """Each RoI's class (its best gt's if IoU >= fg_iou, 0 background if bg_low <= IoU <
+    fg_iou, -1 left out below bg_low) and regression target (box_encode of its gt, 0 unless
+    positive): labels [N*P] i64, targets [N*P, 4], RoIs [N, P, 4], gt [N, M, 5]."""
+    labels, targets = [], []
+    for r, g in zip(rois, gt):
+        lab, which, real = match(r, g, fg_iou, fg_iou, bg_low, False)
+        t = torch.zeros_like(r)
+        pos = lab > 0
+        if bool(pos.any()):
+            t[pos] = encode(real[which[pos], 1:], r[pos], weights)
+        labels.append(lab)
+        targets.append(t)
+    return torch.cat(labels), torch.cat(targets)
+
+
+def _fast_rcnn_terms(scores, deltas, rois, gt, attrs):
+    """(labels, the class-specific deltas [R, 4] of each RoI's class, targets, positives,
+    number of RoIs counted)."""
+    labels, targets = roi_targets(rois, gt, attrs["fg_iou"], attrs["bg_low"], FAST_RCNN_WEIGHTS)
+    r = scores.shape[0]
+    picked = deltas.reshape(r, -1, 4)[torch.arange(r), labels.clamp(min=0)]    # (R, 4)
+    positive = (labels > 0).to(scores.dtype)[:, None]
+    return labels, picked, targets, positive, (labels >= 0).sum().clamp(min=1)
+
+
+@register
+class FastRcnnLoss(Op):
+    name = layer = "fast_rcnn_loss"
+    n_inputs = 4
+    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    box_target = True     # a train section's target: the data's boxes [N, M, 5]
+    reads = ("deltas", "rois")   # the other tensors the loss reads, by output or input name
+    args = (Arg("deltas", "deltas", kind="name", doc="the output of class-specific box deltas"),
+            Arg("rois", "proposals", kind="name", doc="the input (or output) of RoIs [N, P, 4]"),
+            Arg("fg_iou", 0.5, kind="float", doc="IoU with a gt box from which a RoI is an object"),
+            Arg("bg_low", 0.1, kind="float", doc="IoU below which a RoI is left out"),
+            Arg("box_weight", 1.0, kind="float", doc="lambda, the weight of the box term"))
+    doc = ("Fast R-CNN's multi-task loss over RoIs: softmax cross-entropy of scores [R, C+1] "
+           "against each RoI's class by IoU + box_weight * smooth-L1 of its class's deltas.")
+
+    def attrs(self, bound, in_types):
+        return {a.name: bound.get(a.name, a.default) for a in self.args}
+
+    def infer(self, ins, attrs):
+        scores, deltas, rois, gt = ins
+        if scores.rank != 2 or scores.shape[1] < 2:
+            raise ShapeError(f"fast_rcnn_loss scores RoIs [R, C+1] (background first), "
+                             f"got {scores}")
+        if deltas.shape != (scores.shape[0], 4 * scores.shape[1]):
+            raise ShapeError(f"fast_rcnn_loss needs deltas [R, 4(C+1)] = "
+                             f"[{scores.shape[0]}, {4 * scores.shape[1]}] beside scores "
+                             f"{scores}, got {deltas}")
+        if rois.rank != 3 or rois.shape[2] != 4 or not isinstance(rois.shape[1], int):
+            raise ShapeError(f"fast_rcnn_loss needs RoIs per image [N, P, 4], got {rois}")
+        if gt.rank != 3 or gt.shape[2] != 5:
+            raise ShapeError(f"fast_rcnn_loss expects ground truth [N, M, 5], got {gt}")
+        if not 0.0 <= attrs["bg_low"] <= attrs["fg_iou"] <= 1.0:
+            raise ShapeError("fast_rcnn_loss needs 0 <= bg_low <= fg_iou <= 1")
+        return [SCALAR]
+
+    def num_classes(self, t: TensorType, attrs) -> int:
+        return t.shape[1] - 1
+
+    def forward(self, ins, attrs, ctx):
+        scores, deltas, rois, gt = ins
+        labels, picked, targets, positive, n = _fast_rcnn_terms(scores, deltas, rois, gt, attrs)
+        cls = F.cross_entropy(scores, labels, ignore_index=-1, reduction="sum") / n
+        box = (F.smooth_l1_loss(picked, targets, beta=1.0, reduction="none") * positive).sum() / n
+        return (cls + attrs["box_weight"] * box,)
+
+    def vjp(self, b, node, gouts, needs):
+        g_scores, g_deltas = b.emit("fast_rcnn_loss_bwd", [gouts[0], *node.inputs], node.attrs)
+        return [g_scores, g_deltas, None, None]
+
+    def detect(self, scores, attrs, tensors):
+        """Per RoI and object class: its box (the RoI moved by that class's deltas), scored by
+        the softmax probability of the class: boxes [N, P*C, 4], scores, classes (1..C)."""
+        rois = tensors[attrs["rois"]]                              # (N, P, 4)
+        n, p, _ = rois.shape
+        c = scores.shape[1] - 1
+        prob = torch.softmax(scores, dim=1)[:, 1:].reshape(n, p * c)
+        deltas = tensors[attrs["deltas"]].reshape(n, p, c + 1, 4)[:, :, 1:]
+        boxes = decode(deltas, rois[:, :, None, :], FAST_RCNN_WEIGHTS).clamp(min=0)
+        classes = torch.arange(1, c + 1, device=scores.device).repeat(n, p)
+        return boxes.reshape(n, p * c, 4), prob, classes.reshape(n, p * c)
+
+
+@register
+class FastRcnnLossBwd(Op):
+    """d/d scores = (softmax - onehot(label)) / n for counted RoIs; d/d deltas: the class's
+    four columns get box_weight * smooth_l1'(d - t) / n for positives, 0 elsewhere."""
+
+    name = "fast_rcnn_loss_bwd"
+    n_inputs = 5
+    triton = "torch"
+
+    def infer(self, ins, attrs):
+        return [ins[1], ins[2]]
+
+    def forward(self, ins, attrs, ctx):
+        gy, scores, deltas, rois, gt = ins
+        labels, picked, targets, positive, n = _fast_rcnn_terms(scores, deltas, rois, gt, attrs)
+        counted = (labels >= 0).to(scores.dtype)[:, None]
+        onehot = F.one_hot(labels.clamp(min=0), scores.shape[1]).to(scores.dtype)
+        g_scores = gy * (torch.softmax(scores, dim=1) - onehot) * counted / n
+        r = scores.shape[0]
+        g_deltas = torch.zeros_like(deltas).reshape(r, -1, 4)
+        g_deltas[torch.arange(r), labels.clamp(min=0)] = (
+            gy * attrs["box_weight"] / n * positive * smooth_l1_grad(picked - targets, 1.0))
+        return g_scores, g_deltas.reshape(deltas.shape)

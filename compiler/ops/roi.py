@@ -93,16 +93,18 @@ def roi_pool_argmax(x, rois, output, scale):
     cols = torch.arange(w, device=x.device)
     values = x.new_zeros((r, c, oh, ow))
     index = torch.full((r, c, oh, ow), -1, dtype=torch.long, device=x.device)
-    for i in range(oh):
-        in_rows = (rows[None] >= hs[:, i, None]) & (rows[None] < he[:, i, None])    # (R, H)
-        for j in range(ow):
-            in_cols = (cols[None] >= ws[:, j, None]) & (cols[None] < we[:, j, None])
-            inside = (in_rows[:, :, None] & in_cols[:, None, :]).reshape(r, 1, h * w)
-            if h * w == 0 or r == 0:
-                continue
-            masked = feats.reshape(r, c, h * w).masked_fill(~inside, -math.inf)
-            best, arg = masked.max(dim=2)                             # (R, C)
-            empty = ~inside.any(dim=2)                                # (R, 1)
+    if h * w == 0 or r == 0:
+        return values, index
+    # a bin's max is separable: the max over its columns of each row, then over its rows; the
+    # first row holding the max, and its first column, is the row-major first argmax
+    for j in range(ow):
+        in_cols = (cols[None] >= ws[:, j, None]) & (cols[None] < we[:, j, None])    # (R, W)
+        row_best, row_arg = feats.masked_fill(~in_cols[:, None, None, :], -math.inf).max(dim=3)
+        for i in range(oh):
+            in_rows = (rows[None] >= hs[:, i, None]) & (rows[None] < he[:, i, None])  # (R, H)
+            best, at = row_best.masked_fill(~in_rows[:, None, :], -math.inf).max(dim=2)
+            arg = at * w + row_arg.gather(2, at[..., None])[..., 0]       # (R, C) flat
+            empty = ~(in_rows.any(dim=1) & in_cols.any(dim=1))[:, None]    # (R, 1)
             values[:, :, i, j] = torch.where(empty, torch.zeros_like(best), best)
             index[:, :, i, j] = torch.where(empty, torch.full_like(arg, -1), arg)
     return values, index

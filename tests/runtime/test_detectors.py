@@ -133,3 +133,67 @@ def test_training_lowers_the_yolo_loss(tmp_path):
     losses = [json.loads(l)["train_loss"]
               for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+TINY_FAST_RCNN = """
+model TinyFastRCNN(classes=3, P=8) {
+    input x: f32[3, 16, 16]
+    input proposals: f32[P, 4]
+    features = x -> conv(8, 3) -> relu -> maxpool(2)
+    head = roi_pool(features, proposals, output=2, spatial_scale=0.5) -> flatten -> linear(16) -> relu
+    scores = head -> linear(classes + 1)
+    deltas = head -> linear(4 * (classes + 1))
+    output scores, deltas
+}
+train {
+    data      shapes(n=30, size=16, max_shapes=2, val=0.2, test=0.2)
+    proposals sliding_window(count=8)
+    loss      fast_rcnn_loss(deltas=deltas, rois=proposals)
+    optimizer adam(lr=3e-3)
+    batch     8
+    epochs    2
+}
+"""
+
+
+def test_sliding_windows_cover_the_image_evenly():
+    from dlc.runtime.proposals import sliding_windows
+    boxes = sliding_windows(64, 64, 32)
+    assert boxes.shape == (32, 4)
+    sides = boxes[:, 2] - boxes[:, 0]
+    assert (sides == boxes[:, 3] - boxes[:, 1]).all()                # squares
+    assert sides.min() == 64 // 6 and sides.max() == 32              # a sixth to a half
+    assert boxes.min() == 0 and boxes.max() == 64                    # corner to corner
+
+
+def test_fast_rcnn_with_fallback_proposals_trains_scores_and_predicts(tmp_path, capsys):
+    spec, run = _spec(tmp_path, TINY_FAST_RCNN), tmp_path / "run"
+    assert main(["train", str(spec), "--out", str(run), "--quiet"]) == 0
+    records = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_map50"] <= 1 for r in records)
+    final = json.loads((run / "final.json").read_text())
+    assert 0 <= final["test_map"] <= final["test_map50"] <= 1
+    assert (run / "detections.png").is_file()
+    x = np.random.default_rng(1).random((2, 3, 16, 16), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)                       # images only: proposals are computed
+    assert main(["predict", str(run), "--input", str(tmp_path / "x.npy"),
+                 "--output", str(tmp_path / "y.npz")]) == 0
+    doc = json.loads((tmp_path / "y.detections.json").read_text())
+    assert len(doc) == 2 and len(sorted((tmp_path / "y_boxes").glob("*.png"))) == 2
+
+
+def test_proposals_must_fit_the_input(tmp_path, capsys):
+    spec = _spec(tmp_path, TINY_FAST_RCNN.replace("sliding_window(count=8)",
+                                                  "sliding_window(count=6)"))
+    assert main(["train", str(spec), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "yolo.dls:13:30: error: sliding_window gives 6 boxes an image, but the input " \
+           "proposals is f32[N,8,4]" in err
+
+
+def test_a_loss_reading_a_missing_tensor_is_a_located_error(tmp_path, capsys):
+    spec = _spec(tmp_path, TINY_FAST_RCNN.replace("deltas=deltas,", "deltas=delta,"))
+    assert main(["check", str(spec)]) == 2
+    err = capsys.readouterr().err
+    assert "yolo.dls:14:15: error: loss for the model's first output: fast_rcnn_loss reads " \
+           "deltas=delta, but the model has no output or input 'delta'" in err
