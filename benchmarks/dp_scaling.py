@@ -1,6 +1,6 @@
 """Data-parallel scaling on this machine: training samples/s of `dlc train` on 1 and 2
-processes (and 2 processes with torch's default thread count, to show what
-over-subscription costs), in one session, so the ratio is fair on a shared machine.
+processes (and 1 process with one thread, and 2 processes with two threads each, to
+show what over-subscription costs), in one session, so the ratio is fair on a shared machine.
 
     nice python benchmarks/dp_scaling.py [--examples 8192] [--epochs 3] [--repeat 2]
 
@@ -51,7 +51,8 @@ def main() -> None:
     np.savez(tmp / "d.npz", x=x, y=rng.integers(0, 10, a.examples))
     spec = tmp / "bench.dls"
     spec.write_text(SPEC.format(features=a.features, batch=a.batch, epochs=a.epochs))
-    cases = {"1 process": (1, {}), "2 processes": (2, {}),
+    cases = {"1 process": (1, {}), "1 process, 1 thread": (1, {"OMP_NUM_THREADS": "1"}),
+             "2 processes": (2, {}),
              "2 processes, 2 threads each": (2, {"DLC_THREADS_PER_PROCESS": "2"})}
     results = {name: [] for name in cases}
     for _ in range(a.repeat):                     # interleaved: load changes hit all cases
@@ -61,6 +62,8 @@ def main() -> None:
     print(json.dumps({"cpu_count": os.cpu_count(), "load_avg": os.getloadavg(),
                       "examples": a.examples, "batch": a.batch, "samples_per_s": results,
                       "ratio_2p_1p": round(best["2 processes"] / best["1 process"], 3),
+                      "ratio_2p_1p_1thread": round(best["2 processes"]
+                                                   / best["1 process, 1 thread"], 3),
                       "ratio_2p_2threads_1p": round(best["2 processes, 2 threads each"]
                                                     / best["1 process"], 3)}, indent=2))
 

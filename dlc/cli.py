@@ -295,10 +295,6 @@ def _nproc(args, world_size: int) -> int:
         raise UserError("a run on several processes needs --out: every process must name "
                         "the same run directory", hint="torchrun ... -m dlc train SPEC --out "
                         "runs/NAME")
-    if nproc > 1 and args.backend == "triton":
-        raise UserError(f"the triton backend cannot train on {nproc} processes yet: its "
-                        "replayed step has no gradient all-reduce",
-                        hint="use --backend reference for data-parallel runs")
     return nproc
 
 

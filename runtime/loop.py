@@ -459,6 +459,7 @@ def _setup(spec, out_dir: Path, backend, device, seed, save_every, data=None,
     _check_data(model, data, cfg)
     batches = _batches(spec, len(data.train), seed, world)
     _advise_memory(spec, batches, model, world)
+    _check_sync_bn(spec, model, world)
     _check_augment(spec, model)
     stopper = EarlyStopping.from_config(cfg, data)
     schedule = _schedule(cfg, data, batches.steps)
@@ -477,6 +478,18 @@ def _batches(spec, n: int, seed: int, world: World) -> Batches:
                       rank=world.rank, world=world.size)
     _check_batch_norm(spec, batches.smallest // cfg.accumulate)
     return batches
+
+
+def _check_sync_bn(spec, model: Model, world: World) -> None:
+    """The Triton backend's batch-norm kernels see one process's batch: bn(sync=true) on
+    several processes needs the reference backend."""
+    if model.backend != "triton" or world.size == 1:
+        return
+    for node in spec.graph.nodes:
+        if node.op == "batch_norm" and node.attrs.get("sync"):
+            raise UserError(f"bn(sync=true) has no Triton kernel that shares statistics "
+                            f"across the {world.size} processes", node.loc,
+                            hint="use --backend reference, or bn without sync")
 
 
 def _advise_memory(spec, batches: Batches, model: Model, world: World) -> None:

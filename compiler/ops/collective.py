@@ -10,6 +10,10 @@ torch.distributed (gloo on the CPU, NCCL on CUDA) and splits it again.
 
 With one process (`world=1`, or no process group) the collective is the identity, so a
 graph built for N processes also runs alone, as the tests of the op do.
+
+On the Triton backend the node is a `torch` step of the kernel plan (compiler/torch_call.py):
+the replayed step calls this forward on the plan's gradient buffers between the backward
+kernels and the update kernels, so the all-reduce sits inside the step.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ class AllReduce(Op):
 
     name = "all_reduce"
     n_inputs = None
+    triton = "torch"      # a step of the replayed Triton program (compiler/torch_call.py)
 
     def infer(self, ins, attrs):
         if not ins:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -62,9 +63,10 @@ def _one_process(spec: Path, out: Path) -> dict:
 
 
 def _launch(args: list, **kw) -> subprocess.CompletedProcess:
+    """`dlc train ARGS` in a new process (the reference backend unless ARGS name one)."""
+    backend = [] if "--backend" in args else ["--backend", "reference"]
     return subprocess.run([sys.executable, "-m", "dlc", "train", *map(str, args), "--quiet",
-                           "--backend", "reference"], capture_output=True, text=True,
-                          timeout=300, **kw)
+                           *backend], capture_output=True, text=True, timeout=300, **kw)
 
 
 # -- the compiler's side and the batches (no processes)
@@ -109,9 +111,27 @@ def test_a_batch_that_does_not_split_is_a_located_error(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
-def test_triton_refuses_several_processes(tmp_path, capsys):
-    assert main(["train", str(_spec(tmp_path)), "--nproc", "2", "--backend", "triton"]) == 2
-    assert "triton backend cannot train on 2 processes" in capsys.readouterr().err
+def test_two_processes_on_the_triton_backend_train_the_weights_of_one(tmp_path):
+    """The all-reduce is a torch step inside the replayed Triton step (interpreted here)."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    one = _one_process(_spec(tmp_path / "a", epochs=1), tmp_path / "a" / "run")
+    r = _launch([_spec(tmp_path / "b", epochs=1), "--nproc", "2", "--out",
+                 tmp_path / "b" / "run", "--backend", "triton"])
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "b" / "run"
+    assert json.loads((run / "final.json").read_text())["backend"] == "triton"
+    _assert_close(_weights(run), one)
+
+
+def test_triton_refuses_synchronised_batch_norm_on_several_processes(tmp_path):
+    from dlc.runtime.distributed import World
+    from dlc.runtime.loop import _check_sync_bn
+    spec = dlc.compile_spec(_spec(tmp_path, mid="bn(sync=true) -> "))
+    _check_sync_bn(spec, SimpleNamespace(backend="reference"), World(0, 2))
+    _check_sync_bn(spec, SimpleNamespace(backend="triton"), World(0, 1))
+    with pytest.raises(UserError, match="bn.sync=true. has no Triton kernel") as e:
+        _check_sync_bn(spec, SimpleNamespace(backend="triton"), World(0, 2))
+    assert "m.dls:3:" in e.value.render()
 
 
 # -- gradient accumulation
