@@ -26,6 +26,7 @@ import dlc
 from dlc.cli import main
 from dlc.compiler.ops.collective import all_reduce_flat
 from dlc.compiler.pipeline import buckets, build_step_graphs
+from dlc.runtime.distributed import free_port
 from dlc.runtime.loop import Batches
 from dlc.spec.diagnostics import UserError
 
@@ -149,14 +150,21 @@ def test_accumulate_4_of_batch_8_is_batch_32(tmp_path, opt):
 
 # -- several processes
 
-def test_two_processes_train_the_weights_of_one(tmp_path):
+def test_two_processes_under_torchrun_train_the_weights_of_one(tmp_path):
+    """torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT; `dlc train` joins the
+    group it describes (the --nproc launcher is the same code: the tests below)."""
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
     one = _one_process(_spec(tmp_path / "a"), tmp_path / "a" / "run")
-    r = _launch([_spec(tmp_path / "b"), "--nproc", "2", "--out", tmp_path / "b" / "run"])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                        "--master-port", str(free_port()), "-m", "dlc", "train",
+                        str(_spec(tmp_path / "b")), "--out", str(tmp_path / "b" / "run"),
+                        "--quiet", "--backend", "reference"], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "b" / "run"
     _assert_close(_weights(run), one)
     assert json.loads((run / "final.json").read_text())["epochs_run"] == 2
+    assert "\nnproc: 2\n" in (run / "run.yaml").read_text()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     ref = [json.loads(x) for x in (tmp_path / "a" / "run" / "metrics.jsonl").read_text()
