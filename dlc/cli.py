@@ -517,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:                          # noqa: BLE001 — the last line of defence
         if os.environ.get("DLC_DEBUG"):
             raise
+        from .runtime.distributed import peer_failure
+        lost = peer_failure(e)
+        if lost:
+            sys.stderr.write(lost)
+            return 1
         sys.stderr.write(f"dlc: internal error: {type(e).__name__}: {e}\n"
                          "  (this is a bug in dlc; rerun with DLC_DEBUG=1 for the traceback)\n")
         return 1

@@ -122,6 +122,27 @@ def threads_per_process() -> int:
     return max(1, (cores or 1) // max(1, local))
 
 
+# what gloo and NCCL say when a peer of a collective is gone or silent
+_PEER_SIGNS = ("connection closed by peer", "connection reset", "broken pipe", "timed out",
+               "timeout", "gloo", "nccl")
+
+
+def peer_failure(e: BaseException) -> str | None:
+    """The message for a collective that failed because another process of the run ended
+    (or stopped answering), or None for any other error."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "0", "1"):
+        return None
+    import torch.distributed as dist
+    dist_error = getattr(dist, "DistError", ())
+    text = str(e).lower()
+    if not (isinstance(e, dist_error) or
+            isinstance(e, RuntimeError) and any(s in text for s in _PEER_SIGNS)):
+        return None
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return (f"dlc: process {os.environ.get('RANK', '?')} of {os.environ['WORLD_SIZE']} lost "
+            f"another process of the run ({first}); the launcher names the one that failed\n")
+
+
 def leave() -> None:
     import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():

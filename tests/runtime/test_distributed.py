@@ -229,6 +229,19 @@ def test_a_killed_worker_stops_the_run_and_the_run_resumes(tmp_path):
     _assert_close(_weights(run), one, atol=1e-4)
 
 
+def test_a_lost_peer_is_said_plainly(monkeypatch):
+    from dlc.runtime.distributed import peer_failure
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:534] Connection closed by peer "
+                        "[127.0.0.1]:5000")
+    assert peer_failure(gone) is None                       # alone: not a peer's failure
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    msg = peer_failure(gone)
+    assert msg.startswith("dlc: process 0 of 2 lost another process of the run (")
+    assert "Connection closed by peer" in msg
+    assert peer_failure(ValueError("shape mismatch")) is None
+
+
 def test_nproc_must_match_world_size(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     assert main(["train", str(_spec(tmp_path)), "--nproc", "2"]) == 2
