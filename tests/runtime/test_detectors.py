@@ -197,3 +197,20 @@ def test_a_loss_reading_a_missing_tensor_is_a_located_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "yolo.dls:14:15: error: loss for the model's first output: fast_rcnn_loss reads " \
            "deltas=delta, but the model has no output or input 'delta'" in err
+
+
+def test_selective_search_finds_the_shapes_and_is_cached(tmp_path, monkeypatch):
+    pytest.importorskip("cv2")
+    from dlc.compiler.ops.boxes import iou
+    from dlc.runtime import proposals
+    from dlc.runtime.shapes import generate
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    d = generate(3, 64, seed=3)
+    found = [proposals.selective_search_boxes(x, 32) for x in d["x"]]
+    assert all(f.shape == (32, 4) for f in found)
+    assert len(list((tmp_path / "proposals").glob("*.npy"))) == 3
+    for boxes, truth in zip(found, d["boxes"]):
+        real = torch.tensor(truth[truth[:, 0] > 0][:, 1:])
+        assert (iou(real, torch.tensor(boxes)).max(dim=1).values >= 0.5).all()
+    monkeypatch.setattr(proposals, "_search", lambda *a: pytest.fail("not cached"))
+    np.testing.assert_array_equal(proposals.selective_search_boxes(d["x"][0], 32), found[0])
