@@ -148,7 +148,7 @@ def test_every_inference_op_has_a_mapping():
     # exporting one is a UserError naming it (tests/compiler/test_ops_roi.py)
     detection = {"box_iou", "box_encode", "box_decode", "anchors", "nms", "assign_targets",
                  "roi_pool", "roi_align", "spp", "roi_spp", "smooth_l1", "rpn_loss", "yolo_head",
-                 "yolo_loss", "yolo_decode"}
+                 "yolo_loss", "yolo_decode", "fast_rcnn_loss"}
     for name, op in all_ops().items():
         if op.layer and name not in internal | detection:
             assert name in ONNX_OPS, f"layer op {name!r} cannot be exported to ONNX"
