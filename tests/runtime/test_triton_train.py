@@ -84,7 +84,9 @@ def test_structure_targets():
     assert res.arena_bytes <= res.naive_peak
 
 
-def test_cli_train_eval_predict_triton(tmp_path, capsys):
+def test_cli_train_eval_predict_triton(tmp_path, capsys, monkeypatch):
+    from dlc.runtime import backends
+    monkeypatch.setattr(backends, "_ANNOUNCED", False)    # said once per process: say it here
     out = tmp_path / "run"
     code = main(["train", str(EX / "digits_mlp.dls"), "--backend", "triton", "--out", str(out),
                  "--quiet", "--set", "train.epochs=2"])
