@@ -29,14 +29,16 @@ def _model(body: str, input_type: str = "f32[8]", extra: str = "") -> str:
 
 
 def located_error(path, *, views=(), sets=()) -> UserError:
-    """The UserError that compiling `path` (and rendering `views`) raises, within 1 s CPU."""
+    """The UserError that compiling `path` (and rendering `views`) raises, quickly: a guard
+    against the minutes (or the memory) these specs used to cost, with room for a loaded
+    machine (they take well under a second alone; the fuzz run reports slow cases)."""
     t0 = time.process_time()
     with pytest.raises(UserError) as info:
         spec = compile_spec(path, list(sets))
         for v in views:
             spec.emit(v, 4)
     spent = time.process_time() - t0
-    assert spent < 1.0, f"took {spent:.2f} s of CPU time"
+    assert spent < 3.0, f"took {spent:.2f} s of CPU time"
     err = info.value
     assert err.span is not None, err.render()
     err.render()
