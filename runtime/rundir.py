@@ -21,7 +21,7 @@ RUN_YAML = "run.yaml"
 # kill part-way leaves a folder that is visibly no complete run rather than a mixed one
 RUN_FILES = ("metrics.jsonl", "final.json", "checkpoint.safetensors",
              "last.safetensors", "best.safetensors", "curves.svg", "curves.png",
-             "confusion.png", "detections.png", "last.safetensors.tmp",
+             "confusion.png", "detections.png", "overlay.png", "last.safetensors.tmp",
              "checkpoint.safetensors.tmp",
              "best.safetensors.tmp", "run.yaml")
 RUN_GLOBS = ("epoch-*.safetensors",)

@@ -121,8 +121,9 @@ def test_a_second_run_into_the_same_folder_is_refused(whole, tmp_path, capsys):
     assert "already holds a training run" in err and "--resume" in err and "--overwrite" in err
     assert (out / "metrics.jsonl").read_text() == before
     (out / "epoch-1.safetensors").write_bytes(b"old")
+    (out / "overlay.png").write_bytes(b"old")       # a segmentation run's picture
     assert main([*args, "--overwrite"]) == 0
-    assert not (out / "epoch-1.safetensors").exists()
+    assert not (out / "epoch-1.safetensors").exists() and not (out / "overlay.png").exists()
 
 
 def test_default_output_is_a_fresh_numbered_folder(whole, tmp_path, monkeypatch, capsys):
