@@ -53,6 +53,21 @@ def _randomize_batch_norm(module: torch.nn.Module, gen: torch.Generator) -> None
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
 
 
+def _converted(tv, spec_name: str, sets: list, stem: str, tmp: Path, row: dict):
+    """Save torchvision model tv's state dict, `dlc convert` it onto the spec, and record
+    the exit code and both parameter counts in row; returns (spec, checkpoint)."""
+    pt, ckpt = tmp / f"{stem}.pt", tmp / f"{stem}.safetensors"
+    torch.save(tv.state_dict(), pt)
+    argv = ["convert", str(ROOT / "examples" / spec_name), "--from", str(pt), "-o", str(ckpt)]
+    for s in sets:
+        argv += ["--set", s]
+    row["convert_exit"] = dlc_main(argv)
+    spec = dlc.compile_spec(ROOT / "examples" / spec_name, sets=sets)
+    row["dlc_params"] = spec.num_params()
+    row["torchvision_params"] = sum(p.numel() for p in tv.parameters())
+    return spec, ckpt
+
+
 def compare_zoo(device: str, batch: int, tmp: Path) -> list[dict]:
     try:
         import torchvision
@@ -65,17 +80,7 @@ def compare_zoo(device: str, batch: int, tmp: Path) -> list[dict]:
         try:
             tv = getattr(torchvision.models, tv_name)(weights=None, **kwargs).eval()
             _randomize_batch_norm(tv, gen)      # default stats (0, 1) would hide a swap
-            pt = tmp / f"{tv_name}.pt"
-            torch.save(tv.state_dict(), pt)
-            ckpt = tmp / f"{tv_name}.safetensors"
-            argv = ["convert", str(ROOT / "examples" / spec_name), "--from", str(pt),
-                    "-o", str(ckpt)]
-            for s in sets:
-                argv += ["--set", s]
-            row["convert_exit"] = dlc_main(argv)
-            spec = dlc.compile_spec(ROOT / "examples" / spec_name, sets=sets)
-            row["dlc_params"] = spec.num_params()
-            row["torchvision_params"] = sum(p.numel() for p in tv.parameters())
+            spec, ckpt = _converted(tv, spec_name, sets, tv_name, tmp, row)
             model = dlc.build(spec, device=device, checkpoint=ckpt)
             x = torch.randn(batch, 3, 224, 224, generator=gen)
             with torch.no_grad():
@@ -116,16 +121,7 @@ def compare_fcn(device: str, batch: int, tmp: Path) -> list[dict]:
             tv = fcn_resnet50(weights=None, weights_backbone=None, num_classes=21,
                               aux_loss=aux).eval()
             _randomize_batch_norm(tv, gen)
-            pt, ckpt = tmp / f"fcn_{aux}.pt", tmp / f"fcn_{aux}.safetensors"
-            torch.save(tv.state_dict(), pt)
-            argv = ["convert", str(ROOT / "examples" / "fcn_resnet50.dls"), "--from", str(pt),
-                    "-o", str(ckpt)]
-            for s in sets:
-                argv += ["--set", s]
-            row["convert_exit"] = dlc_main(argv)
-            spec = dlc.compile_spec(ROOT / "examples" / "fcn_resnet50.dls", sets=sets)
-            row["dlc_params"] = spec.num_params()
-            row["torchvision_params"] = sum(p.numel() for p in tv.parameters())
+            spec, ckpt = _converted(tv, "fcn_resnet50.dls", sets, f"fcn_{aux}", tmp, row)
             x = torch.randn(batch, 3, 117, 150, generator=gen)
             with torch.no_grad():
                 ref = {k: v.float().cpu().numpy() for k, v in tv.to(device)(x.to(device)).items()}

@@ -29,10 +29,12 @@ from .ir import Value
 from .render import Arg, TableRef
 
 HEADER = '''
+from dlc.compiler.ops import get as _get_op
+from dlc.compiler.ops.registry import ExecContext as _ExecContext
+
+
 def _forward(op, ins, attrs, training):
-    from dlc.compiler.ops import get
-    from dlc.compiler.ops.registry import ExecContext
-    return get(op).forward(ins, attrs, ExecContext(training=training))
+    return _get_op(op).forward(ins, attrs, _ExecContext(training=training))
 
 '''
 

@@ -180,10 +180,8 @@ train {
 """
 
 
-def test_spp_spec_trains_on_both_backends_and_onnx_refuses_it(tmp_path, capsys, monkeypatch):
+def test_spp_spec_trains_on_both_backends_and_onnx_refuses_it(tmp_path, capsys):
     from dlc.cli import main
-    from dlc.runtime import backends
-    monkeypatch.setattr(backends, "_ANNOUNCED", backends._ANNOUNCED)   # others expect the notice
     path = tmp_path / "spp.dls"
     path.write_text(SPP_SPEC)
     assert main(["compile", str(path)]) == 0

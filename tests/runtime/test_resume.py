@@ -94,8 +94,6 @@ def test_resume_on_the_triton_backend_restores_its_flat_state(tmp_path, monkeypa
                                                               interrupt_at_validation):
     """The triton backend keeps parameters and slots in one flat buffer: they are saved
     and loaded through it."""
-    from dlc.runtime import backends
-    monkeypatch.setattr(backends, "_ANNOUNCED", backends._ANNOUNCED)   # others expect the notice
     spec = dlc.compile_spec(_spec(tmp_path, epochs=2, batch=256))
     dlc.train(spec, tmp_path / "whole", backend="triton", progress=False)
     interrupt_at_validation(2)
