@@ -329,10 +329,10 @@ def _as_numpy(t) -> np.ndarray:
 def graph_to_onnx(g: Graph, state: dict, *, doc: str = "") -> onnx.ModelProto:
     """An ONNX model of an inference graph `g`, with `state` as its initializers (unchecked)."""
     nodes = live_nodes(g)
-    missing = [n.op for n in nodes if n.op not in ONNX_OPS]
+    missing = [n for n in nodes if n.op not in ONNX_OPS]
     if missing:
-        raise UserError(f"cannot export to ONNX: the op '{missing[0]}' has no ONNX mapping",
-                        hint=f"ops with a mapping: {', '.join(sorted(ONNX_OPS))}")
+        raise UserError(f"cannot export to ONNX: the op '{missing[0].op}' has no ONNX mapping",
+                        missing[0].loc, hint=f"ops with a mapping: {', '.join(sorted(ONNX_OPS))}")
     e = _Emitter()
     names: dict[int, str] = {}
     for v in g.inputs:

@@ -187,7 +187,8 @@ def test_spp_spec_trains_on_both_backends_and_onnx_refuses_it(tmp_path, capsys):
     assert main(["compile", str(path)]) == 0
     assert f"f32[N,{8 * (1 + 4 + 16)}]" in capsys.readouterr().out       # 8 channels x 21 bins
     assert main(["compile", str(path), "--emit", "onnx", "-o", str(tmp_path / "s.onnx")]) == 2
-    assert "the op 'spp' has no ONNX mapping" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "spp.dls:4:5: error: cannot export to ONNX: the op 'spp' has no ONNX mapping" in err
     assert main(["train", str(path), "--backend", "reference", "--out", str(tmp_path / "r")]) == 0
     final = json.loads((tmp_path / "r" / "final.json").read_text())
     assert final["test_acc"] > 0.4                    # learns (chance is 0.1) through spp_bwd
