@@ -7,7 +7,7 @@ over images). Per-example choices (offsets, flips, factors, boxes) come from a
 `torch.Generator` on that device; the per-batch λ of mixup/cutmix (and cutmix's box,
 one per batch as in the paper) from a numpy generator, so nothing waits for the device.
 Both are seeded from the run's seed: the same seed gives the same batches. Evaluation
-never augments — only `TrainStep` (runtime/loop.py) calls an `Augmenter`.
+never augments — only `TrainStep` (runtime/train_step.py) calls an `Augmenter`.
 
 `mixup` and `cutmix` also return the permutation that paired the examples and λ: the
 train graph then scores λ·CE(z, y) + (1 − λ)·CE(z, y[perm]) (compiler/pipeline.py).

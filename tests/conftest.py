@@ -55,8 +55,8 @@ def fed_inputs(monkeypatch):
     """Spies on training: a list that gets, for every optimizer step, {"step": the
     TrainStep, "idx": the batch's example indices, "inputs": copies of what the train
     program was fed}."""
-    from dlc.runtime import loop
-    seen, real = [], loop.TrainStep.run
+    from dlc.runtime.train_step import TrainStep
+    seen, real = [], TrainStep.run
 
     def spy(self, idx, lr):
         program_run = self.program.run
@@ -71,5 +71,5 @@ def fed_inputs(monkeypatch):
         finally:
             self.program.run = program_run
 
-    monkeypatch.setattr(loop.TrainStep, "run", spy)
+    monkeypatch.setattr(TrainStep, "run", spy)
     return seen

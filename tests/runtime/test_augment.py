@@ -1,4 +1,4 @@
-"""Augmentation (runtime/augment.py) and batching (runtime/loop.Batches): the properties of
+"""Augmentation (runtime/augment.py) and batching (runtime/batches.py): the properties of
 each transform, the identity at zero strength, determinism under a seed, and that only
 training batches are augmented."""
 from __future__ import annotations
@@ -16,7 +16,8 @@ from dlc.compiler.pipeline import build_eval_graph, build_infer_graph
 from dlc.runtime import augment as aug
 from dlc.runtime.augment import AUGMENTS, Augmenter
 from dlc.runtime.data import load
-from dlc.runtime.loop import Batches, run_training
+from dlc.runtime.batches import Batches
+from dlc.runtime.loop import run_training
 from dlc.spec.bind import bind
 from dlc.spec.diagnostics import UserError
 

@@ -274,7 +274,7 @@ def test_a_new_run_never_mixes_with_the_previous_one(tmp_path, monkeypatch):
     def killed(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(loop, "_train_epoch", killed)
+    monkeypatch.setattr(loop, "train_epoch", killed)
     code = main(["train", str(MLP), "--out", str(tmp_path), "--quiet", "--overwrite",
                  "--set", "train.epochs=2"])
     assert code == 130

@@ -27,7 +27,7 @@ from dlc.cli import main
 from dlc.compiler.ops.collective import all_reduce_flat
 from dlc.compiler.pipeline import buckets, build_step_graphs
 from dlc.runtime.distributed import free_port
-from dlc.runtime.loop import Batches
+from dlc.runtime.batches import Batches
 from dlc.spec.diagnostics import UserError
 
 MODEL = ("model M {{\n    input x: f32[8]\n    linear(16) -> {mid}relu\n    linear(3)\n}}\n"
@@ -126,12 +126,12 @@ def test_two_processes_on_the_triton_backend_train_the_weights_of_one(tmp_path):
 
 def test_triton_refuses_synchronised_batch_norm_on_several_processes(tmp_path):
     from dlc.runtime.distributed import World
-    from dlc.runtime.loop import _check_sync_bn
+    from dlc.runtime.checks import check_sync_bn
     spec = dlc.compile_spec(_spec(tmp_path, mid="bn(sync=true) -> "))
-    _check_sync_bn(spec, SimpleNamespace(backend="reference"), World(0, 2))
-    _check_sync_bn(spec, SimpleNamespace(backend="triton"), World(0, 1))
+    check_sync_bn(spec, SimpleNamespace(backend="reference"), World(0, 2))
+    check_sync_bn(spec, SimpleNamespace(backend="triton"), World(0, 1))
     with pytest.raises(UserError, match="bn.sync=true. has no Triton kernel") as e:
-        _check_sync_bn(spec, SimpleNamespace(backend="triton"), World(0, 2))
+        check_sync_bn(spec, SimpleNamespace(backend="triton"), World(0, 2))
     assert "m.dls:3:" in e.value.render()
 
 

@@ -16,9 +16,12 @@ from safetensors.torch import load_file
 import dlc
 from dlc.cli import main
 from dlc.compiler.pipeline import build_step_graphs, build_train_graph
-from dlc.runtime import loop
+from dlc.runtime import train_step
 from dlc.runtime.data import load
-from dlc.runtime.loop import Batches, EarlyStopping, TrainStep
+from dlc.runtime.batches import Batches
+from dlc.runtime.epochs import EarlyStopping
+from dlc.runtime.schedules import Schedule
+from dlc.runtime.train_step import TrainStep
 from dlc.runtime.model import Model
 from dlc.runtime.progress import Progress
 from dlc.spec.diagnostics import UserError
@@ -146,13 +149,13 @@ def test_progress_is_due_at_most_every_refresh_interval():
 
 def _count_read_backs(monkeypatch):
     calls = []
-    real = loop._read_back
+    real = train_step.read_back
 
     def counted(sums, epoch, step, seen):
         calls.append((epoch, step))
         return real(sums, epoch, step, seen)
 
-    monkeypatch.setattr(loop, "_read_back", counted)
+    monkeypatch.setattr(train_step, "read_back", counted)
     return calls
 
 
@@ -175,8 +178,9 @@ def test_read_backs_happen_only_when_the_bar_redraws(tmp_path, monkeypatch, prog
 
 @pytest.mark.parametrize("accumulate", [1, 4])
 def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch, accumulate):
-    """Only `_read_back` turns device values into Python values during an epoch (with
-    gradient accumulation too: its micro-batches are summed on the device)."""
+    """Only `read_back` (runtime/train_step.py) turns device values into Python values
+    during an epoch (with gradient accumulation too: its micro-batches are summed on the
+    device)."""
     path = _tiny(tmp_path)
     path.write_text(path.read_text().replace("batch     256", f"batch     256\n"
                                              f"    accumulate {accumulate}"))
@@ -201,7 +205,7 @@ def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch, accumulate):
     for name in ("item", "tolist", "numpy", "cpu", "__float__", "__int__", "__index__",
                  "__bool__"):
         monkeypatch.setattr(torch.Tensor, name, spy(name))
-    real_read_back = loop._read_back
+    real_read_back = train_step.read_back
 
     def read_back(sums, epoch, step_no, seen):
         inside[0] = True
@@ -210,10 +214,10 @@ def test_a_training_step_reads_nothing_back(tmp_path, monkeypatch, accumulate):
         finally:
             inside[0] = False
 
-    monkeypatch.setattr(loop, "_read_back", read_back)
-    schedule = loop.Schedule(spec.config.schedule, 0.1, spec.config.epochs, batches.steps)
-    stats = loop._train_epoch(step, batches, 1, schedule,
-                              Progress(1, batches.steps, enabled=False))
+    monkeypatch.setattr(train_step, "read_back", read_back)
+    schedule = Schedule(spec.config.schedule, 0.1, spec.config.epochs, batches.steps)
+    stats = train_step.train_epoch(step, batches, 1, schedule,
+                                    Progress(1, batches.steps, enabled=False))
     assert reads == []
     assert 0 < stats.loss < 10 and 0 <= stats.acc <= 1 and stats.lr == 0.1
 
