@@ -42,7 +42,8 @@ class LossTerm:
 
 # the data field a loss compares with when `target=` is not given
 DEFAULT_TARGETS = {"cross_entropy": "labels", "mse": "targets", "pixel_cross_entropy": "masks",
-                   "yolo_loss": "boxes", "fast_rcnn_loss": "boxes"}
+                   "yolo_loss": "boxes", "fast_rcnn_loss": "boxes",
+                   "rpn_loss": "boxes"}
 # fields the data's `y` array holds (the rest travel as extra named arrays)
 PRIMARY_TARGETS = ("labels", "targets")
 

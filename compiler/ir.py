@@ -102,6 +102,7 @@ class Graph:
     grads: dict[str, Value] = field(default_factory=dict)     # param name -> gradient (train graphs)
     precision: str = "f32"       # f32 | bf16: what the Triton backend feeds matmul/conv units
     input_locs: dict[str, Any] = field(default_factory=dict)  # input name -> where it is declared
+    values: dict[str, Value] = field(default_factory=dict)    # the model's named values (`a = ...`)
 
     # -- construction -------------------------------------------------------------------------
     def add_input(self, name: str, type: TensorType) -> Value:

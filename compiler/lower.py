@@ -37,6 +37,7 @@ def lower(src: Graph, mode: str, name: str | None = None) -> Graph:
             vmap[id(old)] = new
     dst.outputs = [vmap[id(v)] for v in src.outputs]
     dst.output_names = list(src.output_names)
+    dst.values = {k: vmap[id(v)] for k, v in src.values.items() if id(v) in vmap}
     # state a lowering may add (e.g. running-stat updates) is recorded by the op's builder
     return dst
 

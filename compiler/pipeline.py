@@ -1,9 +1,9 @@
 """The compiler's pipelines: every graph dlc runs is made by a straight list of named passes.
 
-    TRAIN  lower-train -> weight-noise -> add-loss -> lookahead -> autodiff -> all-reduce
-           -> optimizer -> dce -> verify
-    GRAD   lower-train -> weight-noise -> add-loss -> lookahead -> autodiff -> grads-out
-           -> dce -> verify
+    TRAIN  lower-train -> gt-proposals -> weight-noise -> add-loss -> lookahead -> autodiff
+           -> all-reduce -> optimizer -> dce -> verify
+    GRAD   lower-train -> gt-proposals -> weight-noise -> add-loss -> lookahead -> autodiff
+           -> grads-out -> dce -> verify
     APPLY  grads-in -> all-reduce -> optimizer -> dce -> verify
     EVAL   lower-eval  -> add-loss -> dce -> verify
     INFER  lower-eval  -> dce -> verify
@@ -83,18 +83,21 @@ def term_output(g: Graph, term: LossTerm) -> Value:
 
 def read_values(g: Graph, term: LossTerm) -> list[Value]:
     """The other tensors a loss reads beside its output (fast_rcnn_loss: `deltas=`, `rois=`),
-    each named by an output or an input of the model."""
+    each named by an output, an input or a named value (`anchors = ...`) of the model."""
     found = []
     for arg in getattr(get_op(term.call.name), "reads", ()):
         name = term.call.args[arg]
         if name in g.output_names:
             found.append(g.outputs[g.output_names.index(name)])
-            continue
-        try:
-            found.append(g.input(name))
-        except KeyError:
-            raise ShapeError(f"{term.call.name} reads {arg}={name}, but the model has no output "
-                             f"or input '{name}' (outputs: {', '.join(g.output_names)})") from None
+        elif name in g.values:
+            found.append(g.values[name])
+        else:
+            try:
+                found.append(g.input(name))
+            except KeyError:
+                raise ShapeError(f"{term.call.name} reads {arg}={name}, but the model has no "
+                                 f"output, input or named value '{name}' (outputs: "
+                                 f"{', '.join(g.output_names)})") from None
     return found
 
 
@@ -129,6 +132,30 @@ def weight_noise(g: Graph, ctx: PassContext) -> Graph:
     for node in forward:
         node.inputs = [noisy.get(id(v), v) for v in node.inputs]
     g.nodes += forward
+    return g
+
+
+def gt_proposals(g: Graph, ctx: PassContext) -> Graph:
+    """Training only, for a detector whose objective reads ground-truth boxes: the output of
+    each `propose` node (gt=true, the default) is read through `add_gt_boxes(proposals,
+    %boxes)`, which puts the image's true boxes among the proposals the RoI head trains on
+    (torchvision's add_gt_proposals), so the head sees positives from the first step."""
+    terms = [t for t in ctx.config.loss_terms() if getattr(get_op(t.call.name), "box_target",
+                                                            False)]
+    proposes = [n for n in g.nodes if n.op == "propose" and n.attrs.get("gt", True)]
+    if not terms or not proposes:
+        return g
+    boxes = _input(g, target_input(terms[0].target), TensorType(("N", "M", 5), "f32"))
+    for node in proposes:
+        old = node.outputs[0]
+        new = Builder(g, loc=node.loc, scope=node.scope).emit1("add_gt_boxes", [old, boxes])
+        g.nodes.pop()                                   # emitted last: move it after `node`
+        g.nodes.insert(g.nodes.index(node) + 1, new.node)
+        for n in g.nodes:
+            if n is not new.node:
+                n.inputs = [new if v is old else v for v in n.inputs]
+        g.outputs = [new if v is old else v for v in g.outputs]
+        g.values = {k: new if v is old else v for k, v in g.values.items()}
     return g
 
 
@@ -187,8 +214,11 @@ def _loss_term(g: Graph, b: Builder, term: LossTerm, mix: bool = False) -> Value
     if mix and term.call.name == "cross_entropy" and name == "y":
         loss = mixed_loss(g, b, term.call, out, target)
     else:
-        loss = b.emit1(term.call.name, [out, *read_values(g, term), target],
-                       dict(term.call.args))
+        op, ins = get_op(term.call.name), [out, *read_values(g, term), target]
+        if hasattr(op, "emit_term"):              # a term lowered to several ops (rpn_loss)
+            loss = op.emit_term(b, ins, dict(term.call.args))
+        else:
+            loss = b.emit1(term.call.name, ins, dict(term.call.args))
     if term.weight != 1.0:
         loss = b.emit1("scale", [loss], {"factor": term.weight})
     return loss
@@ -295,7 +325,8 @@ def verify_pass(g: Graph, ctx: PassContext) -> Graph:
 
 
 _FORWARD_BACKWARD: list[tuple[str, Pass]] = [
-    ("lower-train", lower_train), ("weight-noise", weight_noise), ("add-loss", add_loss),
+    ("lower-train", lower_train), ("gt-proposals", gt_proposals), ("weight-noise", weight_noise),
+    ("add-loss", add_loss),
     ("lookahead", lookahead), ("autodiff", autodiff)]
 TRAIN: list[tuple[str, Pass]] = [*_FORWARD_BACKWARD, ("all-reduce", all_reduce),
                                  ("optimizer", optimizer), ("dce", dce), ("verify", verify_pass)]

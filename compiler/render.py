@@ -40,6 +40,7 @@ class Arg:
     """One entry of the argument table the runtime fills."""
 
     kind: str            # buf (a value's buffer) | seg (flat state/pinned slice) | seed
+                         # | generator (torch steps that sample: compiler/torch_call.py)
     key: tuple           # buf: (id(value),); seg: (region, offset, numel)
 
 

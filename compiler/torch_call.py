@@ -10,7 +10,9 @@ plan's buffers and copies the outputs it must keep into theirs:
         b[9].view(6, 8, 2, 2).copy_(outs[0])
 
 It is what torch.compile calls a fallback kernel: the rest of the step keeps its fused
-kernels, and `--emit plan` shows the step as `torch`. Values that the plan recomputes
+kernels, and `--emit plan` shows the step as `torch`. An op that samples at random (its class
+says `samples = True`: assign_targets) gets the program's torch.Generator, seeded as the
+reference backend's and saved with it in checkpoints, so both backends draw alike. Values that the plan recomputes
 instead of storing (remat nodes: constants, masks) are recomputed here by their own
 reference forwards. A plan holding such a step is not captured as a CUDA graph (some of
 these ops read data-dependent sizes on the host, e.g. non-maximum suppression).
@@ -26,6 +28,7 @@ import math
 import re
 
 from .ir import Value
+from .ops import get as get_op
 from .render import Arg, TableRef
 
 HEADER = '''
@@ -33,8 +36,8 @@ from dlc.compiler.ops import get as _get_op
 from dlc.compiler.ops.registry import ExecContext as _ExecContext
 
 
-def _forward(op, ins, attrs, training):
-    return _get_op(op).forward(ins, attrs, _ExecContext(training=training))
+def _forward(op, ins, attrs, training, generator=None):
+    return _get_op(op).forward(ins, attrs, _ExecContext(training=training, generator=generator))
 
 '''
 
@@ -91,7 +94,12 @@ def render_torch(plan, k, table) -> None:
         attrs = f"_A{len(consts)}"
         consts.append(f"{attrs} = {_literal(dict(node.attrs))}")
         out = f"o{len(lines)}"
-        lines.append(f"    {out} = _forward({node.op!r}, [{ins}], {attrs}, {plan.training})")
+        gen = ""
+        if getattr(get_op(node.op), "samples", False):      # the program's torch.Generator
+            at = table.ref(Arg("generator", ()))
+            argv.append(TableRef(at))
+            gen = f", b[{at}]"
+        lines.append(f"    {out} = _forward({node.op!r}, [{ins}], {attrs}, {plan.training}{gen})")
         return out
 
     outs = call(k.anchor)

@@ -39,10 +39,12 @@ class Detector:
 
 
 def detector_of(config) -> Detector | None:
-    """The spec's detection term, or None when no loss reads ground-truth boxes."""
+    """The spec's detection term: the first loss term that reads ground-truth boxes and can
+    decode its output into boxes (Faster R-CNN's rpn_loss reads boxes but decodes nothing);
+    None when there is none."""
     for term in config.loss_terms():
         op = get_op(term.call.name)
-        if getattr(op, "box_target", False):
+        if getattr(op, "box_target", False) and hasattr(op, "detect"):
             attrs = op.attrs(dict(term.call.args), [])
             return Detector(term.output, op, attrs, term.target)
     return None

@@ -58,6 +58,7 @@ class TritonProgram:
         self.training = training
         self.device = torch.device(device)
         self.seed = torch.tensor([seed & 0x7FFFFFFF], dtype=torch.int32, device=self.device)
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._compiled: dict[tuple, Compiled] = {}
         self._flat: torch.Tensor | None = None
         self._views: dict[str, torch.Tensor] = {}
@@ -113,6 +114,8 @@ class TritonProgram:
         for i, arg in enumerate(plan.table):
             if arg.kind == "seed":
                 c.table.append(self.seed)
+            elif arg.kind == "generator":
+                c.table.append(self.generator)
             elif arg.kind == "seg":
                 region, off, n = arg.key
                 if region == "state":
@@ -139,12 +142,19 @@ class TritonProgram:
         c.arena = arena
         return c
 
-    # -- the dropout seed, for a checkpoint to resume from (updated in place: kernels hold it)
+    # -- the random state, for a checkpoint to resume from: the dropout seed (updated in
+    # place: kernels hold it), then the torch steps' generator (assign_targets' sampling)
     def rng_state(self) -> torch.Tensor:
-        return self.seed.cpu().clone()
+        seed = self.seed.cpu().clone().view(torch.uint8)
+        return torch.cat([seed, self.generator.get_state()])
 
     def set_rng_state(self, t: torch.Tensor) -> None:
-        self.seed.copy_(t.to(self.seed.device, torch.int32))
+        t = t.cpu()
+        if t.dtype == torch.int32:                      # a checkpoint of the seed alone
+            self.seed.copy_(t.to(self.seed.device))
+            return
+        self.seed.copy_(t[:4].clone().view(torch.int32).to(self.seed.device))
+        self.generator.set_state(t[4:].clone())
 
     # -- running
     def _load_state(self, state: dict) -> None:

@@ -182,6 +182,8 @@ class Elaborator(GraphForms):
             elif isinstance(stmt, ast.Assign):
                 t = self.as_tensor(self.eval(stmt.value, env), stmt.value.span, env)
                 env.vars[stmt.name] = t
+                if top:                                  # a loss may read it (pipeline.py)
+                    self.graph.values[stmt.name] = t.value
                 env.current = t
             else:
                 env.current = self.as_tensor(self.eval(stmt.expr, env), stmt.expr.span, env)

@@ -26,14 +26,32 @@ def check_objective(graph: Graph, cfg: TrainConfig) -> None:
                             hint=did_you_mean(term.output, graph.output_names)
                             or "name the outputs with `output a, b` in the model")
         out = term_output(graph, term)
+        _check_decoded_reads(graph, term)
         try:
             reads = [v.type for v in read_values(graph, term)]
-            get_op(term.call.name).infer([out.type, *reads,
-                                          target_type(out.type, term.call.name)],
-                                         dict(term.call.args))
+            op = get_op(term.call.name)
+            getattr(op, "term_infer", op.infer)([out.type, *reads,
+                                                 target_type(out.type, term.call.name)],
+                                                dict(term.call.args))
         except ShapeError as e:
             where = out.node.loc if out.node is not None else None
             what = f"output '{term.output}'" if term.output else "the model's first output"
             raise UserError(f"loss for {what}: {e}", term.span,
                             notes=[Note(f"{what} is {out.type}, made here", where)]
                             if where is not None else []) from None
+
+
+def _check_decoded_reads(graph: Graph, term) -> None:
+    """A detector's loss decodes its boxes at evaluation from the tensors it reads
+    (fast_rcnn_loss: the RoIs), which the evaluation sees only as outputs or inputs."""
+    op = get_op(term.call.name)
+    if not hasattr(op, "detect"):
+        return
+    inputs = {v.input_name for v in graph.inputs}
+    for arg in getattr(op, "reads", ()):
+        name = term.call.args.get(arg)
+        if name in graph.values and name not in graph.output_names and name not in inputs:
+            raise UserError(f"{term.call.name} reads {arg}={name} to decode its detections, "
+                            f"but '{name}' is not an output of the model {graph.name}",
+                            term.span, hint=f"add it to the output line: `output "
+                            f"{', '.join([*graph.output_names, name])}`")

@@ -18,8 +18,10 @@ from .diagnostics import Note, Span, UserError, did_you_mean
 from .elaborate import Elaborator
 from .values import Symbol
 
-LOSSES = {name: get_op(name).args for name in ("cross_entropy", "mse", "pixel_cross_entropy",
-                                               "yolo_loss", "fast_rcnn_loss")}
+# a loss's arguments in a train section (an op's `term_args` when they differ from the layer's)
+LOSSES = {name: getattr(get_op(name), "term_args", get_op(name).args)
+          for name in ("cross_entropy", "mse", "pixel_cross_entropy", "yolo_loss",
+                       "fast_rcnn_loss", "rpn_loss")}
 PENALTIES = {"l2": (Arg("strength", kind="float", doc="multiplies sum(w^2)"),),
              "l1": (Arg("strength", kind="float", doc="multiplies sum(|w|)"),)}
 WEIGHT_NOISE = (Arg("std", kind="float", doc="standard deviation of the noise on each weight"),)

@@ -11,6 +11,9 @@ classes 1..C (0 is background), unused rows of class -1.
     anchors(feature [N, C, H, W])                  -> [H*W*A, 4]       {sizes, ratios, stride}
     nms(boxes [.., K, 4], scores [.., K], classes [.., K])  -> keep [.., K] (1.0 kept)  {iou}
     assign_targets(anchors [K, 4] | [N, K, 4], gt [N, M, 5]) -> labels [N, K] i64, deltas [N, K, 4]
+    propose(objectness [N, K], deltas [N, K, 4], anchors [K, 4]) -> proposals [N, P, 4]
+                                                   {count, pre_nms, iou, size, min_size, gt}
+    add_gt_boxes(proposals [N, P, 4], gt [N, M, 5]) -> [N, P, 4]   (training: gt-proposals pass)
 
 None of them is trained through (their outputs are constants to autodiff), and none has Triton
 kernels: on the triton backend each runs as a `torch` step, its reference forward between the
@@ -20,9 +23,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ._lazy import torch
 
 from ..ir import TensorType
+from .conv import pair
 from .registry import REQUIRED, Arg, Op, ShapeError, register
 
 DEFAULT_CLIP = math.log(1000.0 / 16)          # torchvision's bound on decoded dw, dh
@@ -101,19 +107,41 @@ def make_anchors(h: int, w: int, sizes, ratios, stride: int, dtype=None):
 def nms_keep(boxes, scores, classes, iou_threshold: float):
     """Greedy per-class NMS of one image: a 0/1 mask over the K boxes. In score order, a box is
     kept unless a kept box of its class overlaps it with IoU > iou_threshold; boxes of class < 0
-    (padding) are never kept."""
+    (padding) are never kept.  (The greedy walk runs over a NumPy copy of the overlaps: one
+    host loop of K cheap steps instead of K tensor operations.)"""
     keep = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
     valid = classes >= 0
     if not bool(valid.any()):
         return keep
     overlap = iou(boxes, boxes) > iou_threshold
     overlap &= classes[:, None] == classes[None, :]
-    suppressed = ~valid
+    over = overlap.cpu().numpy()
+    suppressed = (~valid).cpu().numpy().copy()
+    kept = np.zeros(suppressed.shape, dtype=bool)
     for i in torch.argsort(scores, descending=True, stable=True).tolist():
         if not suppressed[i]:
-            keep[i] = True
-            suppressed |= overlap[i]
-    return keep
+            kept[i] = True
+            suppressed |= over[i]
+    return torch.from_numpy(kept).to(scores.device)
+
+
+def propose_boxes(objectness, deltas, anchors, count: int, pre_nms: int, iou_threshold: float,
+                  size, min_size: float):
+    """Faster R-CNN's proposal layer for one image: the pre_nms anchors of highest objectness
+    (stable order), moved by their deltas, clipped to the image (h, w), those with a side under
+    min_size dropped, class-agnostic greedy NMS at iou_threshold, the `count` best kept;
+    fewer are padded with the whole image.  -> [count, 4]"""
+    h, w = size
+    order = torch.argsort(objectness, descending=True, stable=True)[:pre_nms]
+    boxes = decode(deltas[order], anchors[order])
+    limit = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+    boxes = torch.minimum(boxes.clamp(min=0), limit)
+    big = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    classes = torch.where(big, 0, -1)
+    keep = nms_keep(boxes, objectness[order], classes, iou_threshold)
+    kept = boxes[keep][:count]                      # score order: `order` is sorted
+    pad = limit.new_tensor([0.0, 0.0, w, h]).expand(count - kept.shape[0], 4)
+    return torch.cat([kept, pad]).to(objectness.dtype)
 
 
 def match(anchors, gt, fg_iou: float, bg_iou: float, bg_low: float, low_quality: bool):
@@ -294,6 +322,7 @@ class Nms(_BoxOp):
 class AssignTargets(_BoxOp):
     name = layer = "assign_targets"
     n_inputs = 2
+    samples = True                       # draws its sample from the run's generator
     args = (Arg("fg_iou", 0.7, kind="float", doc="IoU at or above which a box is a positive"),
             Arg("bg_iou", 0.3, kind="float", doc="IoU below which a box is a negative"),
             Arg("bg_low", 0.0, kind="float", doc="IoU below which it is ignored (Fast R-CNN: 0.1)"),
@@ -341,3 +370,82 @@ class AssignTargets(_BoxOp):
             labels.append(lab)
             deltas.append(d)
         return torch.stack(labels), torch.stack(deltas)
+
+
+@register
+class Propose(_BoxOp):
+    name = layer = "propose"
+    n_inputs = 3
+    args = (Arg("count", REQUIRED, kind="int", doc="proposals kept per image (P)"),
+            Arg("size", REQUIRED, kind="int2", doc="image size in pixels, s or [h, w]"),
+            Arg("pre_nms", 0, kind="int", doc="best anchors decoded before NMS; 0: all"),
+            Arg("iou", 0.7, kind="float", doc="NMS threshold between proposals"),
+            Arg("min_size", 1.0, kind="float", doc="proposals with a side under this are dropped"),
+            Arg("gt", True, kind="bool", doc="in training, the true boxes join the proposals "
+                                             "(the gt-proposals pass)"))
+    doc = ("Faster R-CNN's proposal layer: per image the anchors of highest objectness moved by "
+           "their deltas, clipped to the image, NMS'd (class-agnostic) and the best `count` "
+           "kept: [N, count, 4] boxes (padded with the whole image).")
+
+    def attrs(self, bound, in_types):
+        out = {a.name: bound.get(a.name, a.default) for a in self.args}
+        out["size"] = pair(out["size"], "propose size")
+        return out
+
+    def infer(self, ins, attrs):
+        obj, deltas, anchors = ins
+        if obj.rank != 2 or deltas.shape != (*obj.shape, 4):
+            raise ShapeError(f"propose expects objectness [N, K] and deltas [N, K, 4], got {obj} "
+                             f"and {deltas}")
+        if anchors.rank != 2 or anchors.shape != (obj.shape[1], 4):
+            raise ShapeError(f"propose needs anchors [K, 4] = [{obj.shape[1]}, 4], one per "
+                             f"objectness value, got {anchors}")
+        count, pre = attrs["count"], attrs["pre_nms"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ShapeError(f"propose needs count >= 1, got {count}")
+        if pre < 0:
+            raise ShapeError(f"propose needs pre_nms >= 0 (0: every anchor), got {pre}")
+        if not 0.0 <= attrs["iou"] <= 1.0 or attrs["min_size"] < 0:
+            raise ShapeError("propose needs iou in [0, 1] and min_size >= 0")
+        if min(attrs["size"]) < 1:
+            raise ShapeError(f"propose needs a positive image size, got {list(attrs['size'])}")
+        return [TensorType((obj.shape[0], count, 4), deltas.dtype)]
+
+    def forward(self, ins, attrs, ctx):
+        obj, deltas, anchors = ins
+        k = obj.shape[1]
+        pre = attrs["pre_nms"] or k
+        out = [propose_boxes(o, d, anchors, attrs["count"], min(pre, k), attrs["iou"],
+                             attrs["size"], attrs["min_size"]) for o, d in zip(obj, deltas)]
+        if not out:
+            return (deltas.new_zeros((0, attrs["count"], 4)),)
+        return (torch.stack(out),)
+
+
+def with_gt_boxes(proposals, gt):
+    """One image's proposals [P, 4] with its real gt boxes [M, 5] first (at most P // 2 of
+    them), then the proposals in their order, P in all."""
+    p = proposals.shape[0]
+    real = gt[gt[:, 0] > 0][: p // 2, 1:].to(proposals.dtype)
+    return torch.cat([real, proposals])[:p]
+
+
+@register
+class AddGtBoxes(_BoxOp):
+    name = "add_gt_boxes"
+    n_inputs = 2
+    doc = ("Training's proposals for the RoI head: each image's real ground-truth boxes (at "
+           "most P/2) first, then the RPN's proposals, P in all.")
+
+    def infer(self, ins, attrs):
+        props, gt = ins
+        if props.rank != 3 or props.shape[2] != 4 or gt.rank != 3 or gt.shape[2] != 5:
+            raise ShapeError(f"add_gt_boxes expects proposals [N, P, 4] and ground truth "
+                             f"[N, M, 5], got {props} and {gt}")
+        return [props]
+
+    def forward(self, ins, attrs, ctx):
+        props, gt = ins
+        if props.shape[0] == 0:
+            return (props.clone(),)
+        return (torch.stack([with_gt_boxes(p, g) for p, g in zip(props, gt)]),)

@@ -23,9 +23,9 @@ from __future__ import annotations
 from ._lazy import F, torch
 
 from ..ir import TensorType
-from .boxes import decode, encode, iou, match
+from .boxes import UNIT_WEIGHTS, decode, encode, iou, match
 from .conv import pair
-from .registry import Arg, FirstInputGrad, FirstInputGradBwd, Op, ShapeError, register
+from .registry import Arg, FirstInputGrad, FirstInputGradBwd, Op, ShapeError, get, register
 
 SCALAR = TensorType(())
 
@@ -118,6 +118,44 @@ class RpnLoss(Op):
             raise ShapeError(f"rpn_loss expects integer labels {list(obj.shape)}, got {labels}")
         return [SCALAR]
 
+    # In a train section the loss reads the data's boxes and assigns its own targets:
+    # `objectness = rpn_loss(deltas=rpn_deltas, anchors=anchors)` is lowered by the add-loss
+    # pass to assign_targets(anchors, %boxes) -> rpn_loss(objectness, deltas, labels, targets).
+    box_target = True
+    reads = ("deltas", "anchors")
+    term_args = (Arg("deltas", "rpn_deltas", kind="name",
+                     doc="the RPN's deltas [N, K, 4] (an output or named value)"),
+                 Arg("anchors", "anchors", kind="name",
+                     doc="the anchors [K, 4] (a named value or output)"),
+                 Arg("fg_iou", 0.7, kind="float", doc="IoU from which an anchor is an object"),
+                 Arg("bg_iou", 0.3, kind="float", doc="IoU under which it is background"),
+                 Arg("batch", 256, kind="int", doc="anchors sampled per image"),
+                 Arg("positive_fraction", 0.5, kind="float", doc="most of them positive"),
+                 *args)
+    ASSIGN = ("fg_iou", "bg_iou", "batch", "positive_fraction")
+
+    def term_attrs(self, bound) -> tuple[dict, dict]:
+        """(assign_targets' attributes, rpn_loss's) of a train-section term."""
+        full = {a.name: bound.get(a.name, a.default) for a in self.term_args}
+        assign = {k: full[k] for k in self.ASSIGN}
+        return ({**assign, "bg_low": 0.0, "low_quality": True, "weights": UNIT_WEIGHTS},
+                self.attrs({k: full[k] for k in ("beta", "box_weight")}, []))
+
+    def term_infer(self, ins, attrs):
+        obj, deltas, anchors, gt = ins
+        assign, own = self.term_attrs(attrs)
+        labels, targets = get("assign_targets").infer([anchors, gt], assign)
+        if anchors.rank == 2 and anchors.shape[0] != obj.shape[-1]:
+            raise ShapeError(f"rpn_loss needs one anchor per objectness value: {obj} against "
+                             f"anchors {anchors}")
+        return self.infer([obj, deltas, labels, targets], own)
+
+    def emit_term(self, b, ins, attrs):
+        obj, deltas, anchors, gt = ins
+        assign, own = self.term_attrs(attrs)
+        labels, targets = b.emit("assign_targets", [anchors, gt], assign)
+        return b.emit1("rpn_loss", [obj, deltas, labels, targets], own)
+
     def forward(self, ins, attrs, ctx):
         obj, deltas, labels, targets = ins
         sampled, positive, n = _rpn_masks(labels, obj.dtype)
@@ -153,6 +191,60 @@ class RpnLossBwd(Op):
         g_box = (gy * attrs["box_weight"] / n * positive[..., None]
                  * smooth_l1_grad(deltas - targets, attrs["beta"]))
         return g_obj, g_box
+
+
+# -- the RPN's per-anchor view --------------------------------------------------------------------
+
+def _per_anchor_dims(t: TensorType, k: int, what: str) -> tuple:
+    if t.rank != 4 or not all(isinstance(d, int) for d in t.shape[1:]):
+        raise ShapeError(f"{what} needs a feature map [N, A*k, H, W] of static size, got {t}")
+    if k < 1 or t.shape[1] % k:
+        raise ShapeError(f"{what}({k}): the map's {t.shape[1]} channels are not a multiple of "
+                         f"{k} values per anchor")
+    return t.shape[0], t.shape[1] // k, t.shape[2], t.shape[3]
+
+
+def per_anchor_shape(n, a: int, h: int, w: int, k: int) -> tuple:
+    return (n, h * w * a) if k == 1 else (n, h * w * a, k)
+
+
+@register
+class PerAnchor(Op):
+    name = layer = "per_anchor"
+    triton = "copy"                      # a permuting copy (templates/copy.py)
+    args = (Arg("values", 1, kind="int", doc="values per anchor (k): 1 objectness, 4 deltas"),)
+    doc = ("The RPN's conv outputs [N, A*k, H, W] (channel a*k + j: anchor a's value j) viewed "
+           "per anchor in the `anchors` layer's order (cell row-major, then anchor): "
+           "[N, H*W*A] for k = 1, [N, H*W*A, k] otherwise.")
+
+    def infer(self, ins, attrs):
+        n, a, h, w = _per_anchor_dims(ins[0], attrs["values"], "per_anchor")
+        return [TensorType(per_anchor_shape(n, a, h, w, attrs["values"]), ins[0].dtype)]
+
+    def forward(self, ins, attrs, ctx):
+        x, k = ins[0], attrs["values"]
+        n, c, h, w = x.shape
+        y = x.reshape(n, c // k, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
+        return (y[..., 0] if k == 1 else y,)
+
+    def vjp(self, b, node, gouts, needs):
+        return [b.emit1("per_anchor_bwd", [gouts[0], node.inputs[0]], node.attrs)]
+
+
+@register
+class PerAnchorBwd(Op):
+    """The inverse permutation: gy [N, H*W*A(, k)] back to the map's layout [N, A*k, H, W]."""
+    name = "per_anchor_bwd"
+    triton = "copy"
+    n_inputs = 2
+    like = 1
+
+    def forward(self, ins, attrs, ctx):
+        gy, x = ins
+        k = attrs["values"]
+        n, c, h, w = x.shape
+        g = gy.reshape(n, h, w, c // k, k).permute(0, 3, 4, 1, 2)
+        return (g.reshape(n, c, h, w),)
 
 
 # -- YOLO v1 ------------------------------------------------------------------------------------

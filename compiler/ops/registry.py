@@ -62,6 +62,7 @@ class Op:
     n_inputs: int | None = 1            # data inputs from the chain; None: variadic (add, concat)
     differentiable: bool = True         # False: outputs are constants to autodiff (masks, ones)
     random: bool = False                # draws from the step's random stream (dropout, noise)
+    samples: bool = False               # a torch step drawing from ctx.generator (assign_targets)
     like: int | None = None             # one output typed like input `like` (the default infer)
     doc: str = ""
     # How it lowers to Triton (compiler/plan.py): "elementwise" (`triton_ew` writes it),

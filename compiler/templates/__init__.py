@@ -7,7 +7,7 @@
     reduce        sums over dimensions, penalties, softmax (reduce.py)
     norm          batch norm statistics and gradients, local response norm (norm.py)
     loss          cross-entropy with its gradient in one kernel, mean squared error (loss.py)
-    copy          concat and slice (copy.py)
+    copy          concat, slice and per_anchor (copy.py)
     dense         crop, bilinear resizing, adaptive average pooling, per-pixel cross-entropy,
                   and their gradients (dense.py)
     roi           spatial pyramid pooling and its gradient (roi.py)

@@ -10,6 +10,9 @@ concat: output position `a` along the axis comes from input k when START_k <= a 
 LEN_k; every input is loaded under its own mask and the results are merged with tl.where.
 slice: output position `a` reads input position a + START.  Sizes are arguments, so one
 source serves every concat of the same number of inputs along the same axis.
+
+per_anchor (and its gradient, the inverse permutation): the map [N, A*k, H, W] read as
+[N, H, W, A, k]; each output element's (n, h, w, a, j) gives its source flat offset.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ BLOCK = 1024
 
 
 def render(ctx) -> None:
-    {"concat": concat, "slice": slice_}[ctx.node.op](ctx)
+    {"concat": concat, "slice": slice_, "per_anchor": per_anchor,
+     "per_anchor_bwd": per_anchor_bwd}[ctx.node.op](ctx)
 
 
 def walk(ctx, shape: tuple, axis: int) -> None:
@@ -79,4 +83,48 @@ def slice_(ctx) -> None:
     a_in = ctx.int("A_IN", ctx.in_shape(0)[axis])
     ctx.emit(f"src = (o * {a_in} + a + {s}) * INNER + i")
     v = ctx.load(0, "src", f"a + {s}" if axis == 1 else "chan", "mask")
+    finish(ctx, v)
+
+
+def _flat(ctx, total: int) -> None:
+    n = ctx.int("n", total)
+    blk = ctx.const("BLOCK", BLOCK)
+    ctx.grid = (max(1, cdiv(total, BLOCK)),)
+    ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * {blk} + tl.arange(0, {blk})  # (BLOCK,)")
+    ctx.emit(f"mask = offs < {n}")
+
+
+def _anchor_sizes(ctx, map_shape) -> None:
+    k = ctx.attrs["values"]
+    _, c, h, w = map_shape
+    ctx.int("K", k)
+    ctx.int("A", c // k)
+    ctx.int("H", h)
+    ctx.int("W", w)
+
+
+def per_anchor(ctx) -> None:
+    """out (n, (h, w, a), j) <- map (n, a*K + j, h, w)."""
+    _anchor_sizes(ctx, ctx.in_shape(0))
+    _flat(ctx, numel(ctx.out_shape(0)))
+    ctx.emit("j = offs % K")
+    ctx.emit("a = (offs // K) % A")
+    ctx.emit("w = (offs // (K * A)) % W")
+    ctx.emit("h = (offs // (K * A * W)) % H")
+    ctx.emit("b = offs // (K * A * W * H)")
+    ctx.emit("src = ((b * (A * K) + a * K + j) * H + h) * W + w")
+    v = ctx.load(0, "src", "a * K + j", "mask")
+    finish(ctx, v)
+
+
+def per_anchor_bwd(ctx) -> None:
+    """g (n, a*K + j, h, w) <- gy (n, (h, w, a), j)."""
+    _anchor_sizes(ctx, ctx.in_shape(1))
+    _flat(ctx, numel(ctx.out_shape(0)))
+    ctx.emit("w = offs % W")
+    ctx.emit("h = (offs // W) % H")
+    ctx.emit("c = (offs // (W * H)) % (A * K)")
+    ctx.emit("b = offs // (W * H * A * K)")
+    ctx.emit("src = (((b * H + h) * W + w) * A + c // K) * K + c % K")
+    v = ctx.load(0, "src", "c", "mask")
     finish(ctx, v)

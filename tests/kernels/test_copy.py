@@ -94,3 +94,13 @@ def test_concat_of_flattened_views():
     b = Builder(g)
     g.outputs = [b.emit1("concat", [b.emit1("flatten", [x]) for x in xs], {"axis": 1})]
     run_both(g, {"x0": rnd(2, 2, 3, 2), "x1": rnd(2, 3, 3, 2)})
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_per_anchor_and_its_gradient(k):
+    """The RPN's per-anchor view, a permuting copy, and its inverse as the gradient."""
+    g = op_graph("per_anchor", [("N", 3 * k, 4, 5)], {"values": k}, grad_wrt=(0,))
+    out = (2, 4 * 5 * 3) if k == 1 else (2, 4 * 5 * 3, k)
+    plan = run_both(g, {"x0": rnd(2, 3 * k, 4, 5), "r": rnd(*out)}, rtol=0, atol=0)
+    ops = [k.anchor.op for k in plan.kernels if k.anchor is not None]
+    assert "per_anchor" in ops and "per_anchor_bwd" in ops

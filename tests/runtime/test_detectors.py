@@ -196,7 +196,7 @@ def test_a_loss_reading_a_missing_tensor_is_a_located_error(tmp_path, capsys):
     assert main(["check", str(spec)]) == 2
     err = capsys.readouterr().err
     assert "yolo.dls:14:15: error: loss for the model's first output: fast_rcnn_loss reads " \
-           "deltas=delta, but the model has no output or input 'delta'" in err
+           "deltas=delta, but the model has no output, input or named value 'delta'" in err
 
 
 def test_selective_search_finds_the_shapes_and_is_cached(tmp_path, monkeypatch):
