@@ -100,3 +100,23 @@ def test_a_step_on_triton_equals_the_reference(tmp_path):
     for k in ref:
         if not k.startswith("rng/"):       # each backend keeps its own kind of random state
             torch.testing.assert_close(tri[k], ref[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_on_triton_continues_the_anchor_sampling(tmp_path, monkeypatch,
+                                                        interrupt_at_validation):
+    """assign_targets samples anchors from the program's generator; a checkpoint keeps its
+    state, so a run cut after epoch 1 and resumed ends bitwise where an uncut run does."""
+    text = TINY.replace("n=30", "n=12")
+    spec = _spec(tmp_path, text)
+    args = ["train", str(spec), "--quiet", "--backend", "triton"]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    interrupt_at_validation(2)
+    assert main([*args, "--out", str(tmp_path / "cut")]) == 130        # Ctrl-C in epoch 2
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "cut" / "final.json").read_text())["epochs_run"] == 1
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    whole = load_file(tmp_path / "whole" / "last.safetensors")
+    cut = load_file(tmp_path / "cut" / "last.safetensors")
+    assert whole.keys() == cut.keys()
+    for k in whole:
+        assert torch.equal(whole[k], cut[k]), k
