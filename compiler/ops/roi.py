@@ -237,7 +237,8 @@ class RoiPool(_RoiOp):
 @register
 class RoiPoolBwd(FirstInputGradBwd):
     """dL/dx: each bin's gradient added at its argmax (recomputed from x)."""
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "roi"                     # templates/roi.py: a gather, no atomics
+    triton_epilogue = True
 
     name = "roi_pool_bwd"
 
@@ -276,7 +277,8 @@ class RoiAlign(_RoiOp):
 @register
 class RoiAlignBwd(FirstInputGradBwd):
     """dL/dx[b] = sum over RoIs r of image b: Ay[r]^T gy[r] Ax[r]."""
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "roi"                     # templates/roi.py: a gather, no atomics
+    triton_epilogue = True
 
     name = "roi_align_bwd"
 
@@ -361,7 +363,8 @@ class RoiSpp(_RoiOp):
 @register
 class RoiSppBwd(FirstInputGradBwd):
     """dL/dx: roi_pool's gradient of each level's slice of gy, summed."""
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "roi"                     # templates/roi.py: a gather, no atomics
+    triton_epilogue = True
 
     name = "roi_spp_bwd"
 
