@@ -16,10 +16,9 @@ sampling_ratio <= 0), with a -0.5 pixel offset when `aligned`.  SPP's bins are a
 pooling's (floor/ceil: every cell is covered), a level's bins flattened channel-major and the
 levels concatenated in order.
 
-Gradients flow to x only (RoIs are proposals, not trained through).  `spp` and its gradient
-have Triton kernels (templates/roi.py), and so do the forwards of roi_pool, roi_spp and
-roi_align; the RoI gradients have none yet: on the triton backend they run as `torch` steps (their reference forwards between the kernels,
-compiler/torch_call.py).
+Gradients flow to x only (RoIs are proposals, not trained through).  Every op here and its
+gradient has Triton kernels (templates/roi.py); the gradients are gathers (per pixel, over the
+RoIs of its image and the bins that can hold it), deterministic, without atomics.
 """
 from __future__ import annotations
 
@@ -201,7 +200,7 @@ def spp_grad(gy, x, levels):
 # -- the ops ------------------------------------------------------------------------------------
 
 class _RoiOp(FirstInputGrad):
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "roi"                     # templates/roi.py
     n_inputs = 2
     args = (Arg("output", 7, kind="int2", doc="bins per RoI, k or [oh, ow]"),
             Arg("spatial_scale", 1.0, kind="float", doc="feature-map cells per input pixel"))
@@ -222,7 +221,7 @@ class _RoiOp(FirstInputGrad):
 @register
 class RoiPool(_RoiOp):
     name = layer = "roi_pool"
-    triton = "roi"                     # templates/roi.py (its gradient: a torch step)
+    triton = "roi"                     # templates/roi.py
     triton_epilogue = True
     doc = "Fast R-CNN's RoI max pooling (torchvision.ops.roi_pool): [R, C, oh, ow]."
 
@@ -250,7 +249,7 @@ class RoiPoolBwd(FirstInputGradBwd):
 @register
 class RoiAlign(_RoiOp):
     name = layer = "roi_align"
-    triton = "roi"                     # templates/roi.py (its gradient: a torch step)
+    triton = "roi"                     # templates/roi.py
     triton_epilogue = True
     args = _RoiOp.args + (
         Arg("sampling_ratio", -1, kind="int", doc="samples per bin side; <= 0: ceil(roi/bin)"),
@@ -336,7 +335,7 @@ class SppBwd(FirstInputGradBwd):
 @register
 class RoiSpp(_RoiOp):
     name = layer = "roi_spp"
-    triton = "roi"                     # templates/roi.py (its gradient: a torch step)
+    triton = "roi"                     # templates/roi.py
     triton_epilogue = True
     args = (Arg("levels", None, doc="bins per side of each pyramid level; [1, 2, 4]"),
             Arg("spatial_scale", 1.0, kind="float", doc="feature-map cells per input pixel"))

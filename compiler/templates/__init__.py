@@ -10,7 +10,7 @@
     copy          concat, slice and per_anchor (copy.py)
     dense         crop, bilinear resizing, adaptive average pooling, per-pixel cross-entropy,
                   and their gradients (dense.py)
-    roi           spatial pyramid pooling and its gradient (roi.py)
+    roi           spatial pyramid pooling, RoI pooling, RoI align and their gradients (roi.py)
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """Region pooling kernels: SPP-Net's spatial pyramid (adaptive max pooling at each level of a
-whole map, the levels concatenated) and its gradient, and Fast R-CNN's RoI max pooling.
+whole map, the levels concatenated), Fast R-CNN's RoI max pooling, SPP over RoIs, RoI align,
+and the gradients of all of them.
 
     spp       output [N, C*sum(l*l)], flat, in blocks of BLOCK: element r of an image is
               level L's bin (c, i, j) for the L with base <= r < base + C*L*L; its window is
@@ -16,12 +17,25 @@ whole map, the levels concatenated) and its gradient, and Fast R-CNN's RoI max p
     roi_pool  output [R, C, PH, PW]: the RoI's corners scaled and rounded (half away from
               zero), each bin cut at floor/ceil of max(roi, 1) / bins in float64 and clipped
               to the map, the max over it (0 for an empty bin); the window loops run to the
-              block's largest bin. Its gradient is still a torch step.
+              block's largest bin.
     roi_spp   output [R, C*sum(l*l)]: roi_pool with l x l bins at each level, the levels
-              unrolled as spp's are. Its gradient is still a torch step.
+              unrolled as spp's are.
     roi_align output [R, C, PH, PW]: the mean of a bin's bilinear samples, each sample's four
-              taps gathered (torchvision's rules at the map's edges). Its gradient is still a
-              torch step.
+              taps gathered (torchvision's rules at the map's edges).
+
+The RoI gradients are gathers like spp_bwd's, over x's elements [N, C, H, W]: deterministic,
+no atomics, each pixel summing in the reference's order (RoI, then bin row-major):
+    roi_pool_bwd   for each RoI of the pixel's image (the P boxes of image n, or all R RoIs
+                   testing their image index), the bins that can hold the pixel (bin i spans
+                   [floor(i*b), ceil((i+1)*b)) cells from the corner, so i in (d/b - 1,
+                   (d+1)/b) for offset d; one of margin each side, each tested exactly), each
+                   one's argmax recomputed by the forward's scan; gy of those whose argmax is
+                   the pixel is summed
+    roi_spp_bwd    roi_pool_bwd at each level, each level's sum added to the total
+    roi_align_bwd  for each RoI and each bin whose samples can touch the pixel (samples in
+                   [p - 1, p + 1]), Ay[i, py] * gy[i, j] * Ax[j, px]: the separable bilinear
+                   weights of the bin's samples on the pixel's row and column, recomputed as
+                   the forward places the samples
 
 The levels are attributes, so each level is its own unrolled section of the kernel.
 """
@@ -225,8 +239,8 @@ def roi_pool(ctx) -> None:
 def _bin_max(ctx, live: str, x_at: int = 0, with_index: bool = False) -> None:
     """best: the max of x (the anchor's input `x_at`) over the bin hs..he x ws..we of plane
     (b, c), 0 for an empty bin; the loops run to the largest bin among the `live` lanes.
-    `with_index`: bidx, its first position in row-major order (h * W + w; -1 if empty), the
-    reference's argmax (its first element if every value is -inf)."""
+    `with_index`: bidx, its first position in row-major order (h * W + w; -1 if empty or
+    nothing above -inf), the reference's argmax."""
     e = ctx.emit
     e("plane = (b * C + c) * H * W")
     e(f"best = tl.full([BLOCK], {NEG_INF}, tl.float32)")
@@ -241,7 +255,7 @@ def _bin_max(ctx, live: str, x_at: int = 0, with_index: bool = False) -> None:
     e(f"ok = {live} & (hs + a < he) & (ws + bb < we)")
     v = ctx.load(x_at, "plane + (hs + a) * W + ws + bb", "c", "ok", other=NEG_INF)
     if with_index:
-        e(f"take = ok & (({v} > best) | (bidx < 0))")
+        e(f"take = ok & ({v} > best)")
         e(f"best = tl.where(take, {v}, best)")
         e("bidx = tl.where(take, (hs + a) * W + ws + bb, bidx)")
     else:

@@ -47,8 +47,9 @@ def op_graph(op: str, in_shapes: list[tuple], attrs: dict | None = None, *,
 
 
 def run_both(g: Graph, inputs: dict, state: dict | None = None, *, training: bool = False,
-             rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0):
-    """Run g on both backends and assert every output and update agree; returns the plan."""
+             rtol: float = 1e-5, atol: float = 1e-5, seed: int = 0, outputs: list | None = None):
+    """Run g on both backends and assert every output and update agree; returns the plan
+    (and appends the Triton backend's outputs, on the CPU, to `outputs` if given)."""
     state = {k: v.to(DEVICE) for k, v in (state or {}).items()}
     inputs = {k: v.to(DEVICE) for k, v in inputs.items()}
     ref_out, ref_upd, _ = ReferenceProgram(g, training=training, seed=seed,
@@ -58,6 +59,8 @@ def run_both(g: Graph, inputs: dict, state: dict | None = None, *, training: boo
     tri_out, tri_upd, _ = prog.run({k: v.clone() for k, v in state.items()}, inputs)
     for i, (a, r) in enumerate(zip(tri_out, ref_out)):
         torch.testing.assert_close(a, r, rtol=rtol, atol=atol, msg=lambda m: f"output {i}: {m}")
+    if outputs is not None:
+        outputs.extend(a.cpu() for a in tri_out)
     for name, r in ref_upd.items():
         torch.testing.assert_close(tri_upd[name], r, rtol=rtol, atol=atol,
                                    msg=lambda m: f"update @{name}: {m}")

@@ -1,11 +1,14 @@
-"""SPP-Net's spatial pyramid pooling kernels (templates/roi.py) against the reference backend
-and against torch's adaptive max pooling and its autograd directly."""
+"""The region pooling kernels (templates/roi.py): SPP-Net's spatial pyramid against the
+reference backend and torch's adaptive max pooling and its autograd; the RoI forwards and
+their gradients against the reference backend and torch.autograd through the reference ops
+(themselves checked against torchvision's loops in tests/compiler/test_ops_roi.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from dlc.compiler.ops import get as get_op
 from dlc.runtime.triton_backend import TritonProgram
 
 from .kernel_check import DEVICE, op_graph, run_both
@@ -77,3 +80,86 @@ def test_roi_forward_kernels(layout, op, attrs):
     exact = op != "roi_align"               # align: the reference sums separable weights
     plan = run_both(g, {"x0": x, "x1": rois}, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
     assert [k.family for k in plan.kernels] == ["roi"]
+
+
+# -- the RoI gradients ---------------------------------------------------------------------------
+# Image 0: a RoI over the whole map and past it, a small one, one partly off the map (negative
+# corners), one on half pixels; image 1: one past the bottom right, one smaller than a bin, one
+# wholly off the map, one overlapping the others (a pixel in several RoIs and several bins).
+GRAD_BOXES = torch.tensor([[[0.0, 0.0, 23.0, 19.0], [5.0, 3.0, 9.0, 7.0],
+                            [-8.0, -4.0, 6.0, 5.0], [4.5, 2.5, 17.0, 9.5]],
+                           [[14.0, 12.0, 30.0, 40.0], [1.0, 1.0, 2.0, 2.0],
+                            [40.0, 30.0, 52.0, 44.0], [3.0, 1.0, 21.0, 17.0]]])
+GRAD_CASES = [("roi_pool", {"output": (3, 2), "spatial_scale": 0.5}),
+              ("roi_spp", {"levels": (1, 2, 3), "spatial_scale": 0.5}),
+              ("roi_align", {"output": (3, 2), "spatial_scale": 0.5, "sampling_ratio": -1,
+                             "aligned": False}),
+              ("roi_align", {"output": (2, 4), "spatial_scale": 0.5, "sampling_ratio": 2,
+                             "aligned": True})]
+
+
+def _grad_rois(layout: str) -> torch.Tensor:
+    """GRAD_BOXES as [N, P, 4] boxes, or as [R, 5] RoIs in a mixed image order."""
+    if layout == "boxes":
+        return GRAD_BOXES
+    index = torch.arange(2.0).repeat_interleave(4)[:, None]
+    rois = torch.cat([index, GRAD_BOXES.reshape(8, 4)], 1)
+    return rois[[4, 0, 1, 5, 2, 6, 7, 3]]
+
+
+def _autograd_of_reference(op, attrs, x, rois, r):
+    """dL/dx of sum(op(x) * r) by torch.autograd through the op's reference forward."""
+    xx = x.clone().requires_grad_()
+    (get_op(op).forward([xx, rois], attrs, None)[0] * r).sum().backward()
+    return xx.grad
+
+
+@pytest.mark.parametrize("op,attrs", GRAD_CASES)
+@pytest.mark.parametrize("layout", ["rois", "boxes"])
+def test_roi_gradient_kernels(layout, op, attrs):
+    """Every RoI gradient is a kernel (no torch step); against the reference backend's
+    backward op, and against torch.autograd of the reference forward."""
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 3, 10, 12, generator=gen)
+    rois = _grad_rois(layout)
+    g = op_graph(op, [tuple(x.shape), tuple(rois.shape)], attrs, grad_wrt=(0,))
+    r = torch.randn(g.inputs[2].type.shape, generator=gen)
+    pool = op != "roi_align"           # max pooling: the same sums in the same order
+    out = []
+    plan = run_both(g, {"x0": x, "x1": rois, "r": r}, rtol=0 if pool else 1e-5,
+                    atol=0 if pool else 1e-6, outputs=out)
+    assert [k.family for k in plan.kernels] == ["roi", "roi"] and plan.torch_steps == 0
+    assert plan.kernels[1].anchor.op == op + "_bwd"
+    gx, want = out[1], _autograd_of_reference(op, attrs, x, rois, r)
+    torch.testing.assert_close(gx, want, rtol=1e-5, atol=1e-6)
+    assert gx.abs().sum() > 0
+
+
+@pytest.mark.parametrize("op,attrs", GRAD_CASES[:2])
+def test_roi_max_gradient_follows_the_reference_argmax_on_ties(op, attrs):
+    """A map of few distinct values (ties in most bins) and a constant plane (every bin a
+    tie): each bin's gradient goes to its first maximum in row-major order, as autograd
+    through the reference routes it; integer gy, so sums in any order are exact and the
+    comparison is exact."""
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randint(0, 3, (2, 3, 10, 12), generator=gen).float()
+    x[1, 2] = 1.0
+    rois = _grad_rois("rois")
+    g = op_graph(op, [tuple(x.shape), tuple(rois.shape)], attrs, grad_wrt=(0,))
+    r = torch.randint(-4, 5, g.inputs[2].type.shape, generator=gen).float()
+    out = []
+    plan = run_both(g, {"x0": x, "x1": rois, "r": r}, rtol=0, atol=0, outputs=out)
+    assert plan.torch_steps == 0
+    torch.testing.assert_close(out[1], _autograd_of_reference(op, attrs, x, rois, r),
+                               rtol=0, atol=0)
+    assert (out[1][1, 2] != 0).sum() < out[1][1, 2].numel() / 2    # first of each tie only
+
+
+@pytest.mark.parametrize("op,attrs", [GRAD_CASES[0], GRAD_CASES[2]])
+def test_roi_gradient_of_no_rois_is_zero(op, attrs):
+    x = torch.randn(1, 2, 5, 6, generator=torch.Generator().manual_seed(3))
+    g = op_graph(op, [tuple(x.shape), (0, 5)], attrs, grad_wrt=(0,))
+    r = torch.zeros(g.inputs[2].type.shape)
+    (_, gx), _, _ = TritonProgram(g, training=False).run({}, {"x0": x, "x1": torch.zeros(0, 5),
+                                                              "r": r})
+    assert gx.shape == x.shape and not gx.any()

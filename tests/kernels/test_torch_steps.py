@@ -8,7 +8,7 @@ import torch
 
 from dlc.compiler.autodiff import backward
 from dlc.compiler.ir import Graph, TensorType
-from dlc.compiler.ops import Builder
+from dlc.compiler.ops import Builder, get
 from dlc.compiler.plan import format_plan
 from dlc.runtime.triton_backend import TritonProgram
 
@@ -23,7 +23,10 @@ def _rois(n_images: int, r: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.cat([index, xy, xy + wh], 1)                        # (R, 5)
 
 
-def test_roi_pool_gradient_runs_as_a_torch_step_between_kernels():
+def test_a_gradient_without_a_kernel_runs_as_a_torch_step_between_kernels(monkeypatch):
+    """roi_pool_bwd has a kernel (templates/roi.py); taken away here, it is the torch step
+    between the forward's kernel (with its fused epilogue) and the graph's end."""
+    monkeypatch.setattr(get("roi_pool_bwd"), "triton", "torch")
     g = op_graph("roi_pool", [(2, 3, 12, 12), (5, 5)],
                  {"output": (3, 3), "spatial_scale": 0.5}, grad_wrt=(0,))
     gen = torch.Generator().manual_seed(1)
@@ -72,7 +75,6 @@ def test_a_loss_gradient_reads_the_recomputed_seed_of_autodiff():
     assert id(plan.producer[id(bwd.inputs[0])]) in plan.remat      # the seed is recomputed
     assert plan.torch_steps == 2
     p = inputs["pred"].clone().requires_grad_()
-    from dlc.compiler.ops import get
     get("yolo_loss").forward([p, boxes], bwd.attrs, None)[0].backward()
     (_, got), _, _ = TritonProgram(g, training=False).run({}, inputs)
     torch.testing.assert_close(got, p.grad)               # torch.autograd of the forward
