@@ -124,10 +124,11 @@ def test_roi_gradient_kernels(layout, op, attrs):
     rois = _grad_rois(layout)
     g = op_graph(op, [tuple(x.shape), tuple(rois.shape)], attrs, grad_wrt=(0,))
     r = torch.randn(g.inputs[2].type.shape, generator=gen)
-    pool = op != "roi_align"           # max pooling: the same sums in the same order
+    # max pooling: the same sums in the same order as the reference's index_add_ on the CPU
+    exact = op != "roi_align" and DEVICE == "cpu"
     out = []
-    plan = run_both(g, {"x0": x, "x1": rois, "r": r}, rtol=0 if pool else 1e-5,
-                    atol=0 if pool else 1e-6, outputs=out)
+    plan = run_both(g, {"x0": x, "x1": rois, "r": r}, rtol=0 if exact else 1e-5,
+                    atol=0 if exact else 1e-6, outputs=out)
     assert [k.family for k in plan.kernels] == ["roi", "roi"] and plan.torch_steps == 0
     assert plan.kernels[1].anchor.op == op + "_bwd"
     gx, want = out[1], _autograd_of_reference(op, attrs, x, rois, r)
@@ -159,7 +160,7 @@ def test_roi_max_gradient_follows_the_reference_argmax_on_ties(op, attrs):
 def test_roi_gradient_of_no_rois_is_zero(op, attrs):
     x = torch.randn(1, 2, 5, 6, generator=torch.Generator().manual_seed(3))
     g = op_graph(op, [tuple(x.shape), (0, 5)], attrs, grad_wrt=(0,))
-    r = torch.zeros(g.inputs[2].type.shape)
-    (_, gx), _, _ = TritonProgram(g, training=False).run({}, {"x0": x, "x1": torch.zeros(0, 5),
-                                                              "r": r})
-    assert gx.shape == x.shape and not gx.any()
+    out = []
+    plan = run_both(g, {"x0": x, "x1": torch.zeros(0, 5), "r": torch.zeros(0, 2, 3, 2)},
+                    rtol=0, atol=0, outputs=out)
+    assert plan.torch_steps == 0 and out[1].shape == x.shape and not out[1].any()
