@@ -77,8 +77,21 @@ def _pool_bins(start, length, bins: int, limit: int):
     return lo.clamp(0, limit), hi.clamp(0, limit)
 
 
+def _window(lo, hi, limit: int):
+    """The cells lo + t of each row's window [lo, hi), t < the widest window: indices [R, T]
+    clamped into the map, and which of them are inside their window."""
+    t = torch.arange(max(int((hi - lo).max()), 1), device=lo.device)
+    cells = lo[:, None] + t[None]
+    return cells.clamp(max=max(limit - 1, 0)), cells < hi[:, None]
+
+
 def roi_pool_argmax(x, rois, output, scale):
-    """(values [R, C, oh, ow], flat argmax into H*W or -1 for an empty bin)."""
+    """(values [R, C, oh, ow], flat argmax into H*W or -1 for an empty bin).
+
+    A bin's max is separable: over its columns for each row, then over its rows. Each step
+    gathers just the cells of the widest window (not the whole map) and masks the rest with
+    -inf; torch's max keeps the first maximum along the gathered (ascending) cells, so the
+    argmax is the first row holding the max and its first column: row-major first."""
     rois = as_rois(rois)
     n, c, h, w = x.shape
     oh, ow = output
@@ -86,24 +99,26 @@ def roi_pool_argmax(x, rois, output, scale):
     x0, y0, x1, y1 = corners.unbind(1)
     hs, he = _pool_bins(y0, (y1 - y0 + 1).clamp(min=1), oh, h)
     ws, we = _pool_bins(x0, (x1 - x0 + 1).clamp(min=1), ow, w)
-    feats = x[rois[:, 0].long()]                                      # (R, C, H, W)
     r = rois.shape[0]
-    rows = torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
     values = x.new_zeros((r, c, oh, ow))
     index = torch.full((r, c, oh, ow), -1, dtype=torch.long, device=x.device)
     if h * w == 0 or r == 0:
         return values, index
-    # a bin's max is separable: the max over its columns of each row, then over its rows; the
-    # first row holding the max, and its first column, is the row-major first argmax
+    image = rois[:, 0].long()
     for j in range(ow):
-        in_cols = (cols[None] >= ws[:, j, None]) & (cols[None] < we[:, j, None])    # (R, W)
-        row_best, row_arg = feats.masked_fill(~in_cols[:, None, None, :], -math.inf).max(dim=3)
+        cols, in_cols = _window(ws[:, j], we[:, j], w)                  # (R, T)
+        g = x[image[:, None], :, :, cols]                                # (R, T, C, H)
+        g = g.masked_fill(~in_cols[:, :, None, None], -math.inf)
+        row_best, t = g.max(dim=1)                                       # (R, C, H)
+        row_arg = cols.gather(1, t.reshape(r, -1)).reshape(t.shape)      # its column
         for i in range(oh):
-            in_rows = (rows[None] >= hs[:, i, None]) & (rows[None] < he[:, i, None])  # (R, H)
-            best, at = row_best.masked_fill(~in_rows[:, None, :], -math.inf).max(dim=2)
-            arg = at * w + row_arg.gather(2, at[..., None])[..., 0]       # (R, C) flat
-            empty = ~(in_rows.any(dim=1) & in_cols.any(dim=1))[:, None]    # (R, 1)
+            rows, in_rows = _window(hs[:, i], he[:, i], h)               # (R, T)
+            at = rows[:, None, :].expand(r, c, rows.shape[1])
+            v = row_best.gather(2, at).masked_fill(~in_rows[:, None, :], -math.inf)
+            best, k = v.max(dim=2)                                       # (R, C)
+            row = at.gather(2, k[..., None])[..., 0]
+            arg = row * w + row_arg.gather(2, row[..., None])[..., 0]    # (R, C) flat
+            empty = ~((he[:, i] > hs[:, i]) & (we[:, j] > ws[:, j]))[:, None]   # (R, 1)
             values[:, :, i, j] = torch.where(empty, torch.zeros_like(best), best)
             index[:, :, i, j] = torch.where(empty, torch.full_like(arg, -1), arg)
     return values, index

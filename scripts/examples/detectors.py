@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-DETECTORS = ["rcnn", "spp_net", "fast_rcnn", "yolo_v1"]
+DETECTORS = ["rcnn", "spp_net", "fast_rcnn", "faster_rcnn", "yolo_v1"]
 
 
 def train(name: str, out: Path) -> dict:
