@@ -121,10 +121,12 @@ def train_plan(spec, batch: int):
     from .pipeline import build_train_graph
     from .plan import make_plan
     g = build_train_graph(spec.graph, spec.config)
+    sizes = {"N": batch, **boxes_per_image(g, spec.config)}
     symbolic = [v for v in g.inputs
-                if any(isinstance(d, str) and d.isidentifier() and d != "N" for d in v.type.shape)]
+                if any(isinstance(d, str) and d.isidentifier() and d not in sizes
+                       for d in v.type.shape)]
     symbols = sorted({d for v in symbolic for d in v.type.shape
-                      if isinstance(d, str) and d.isidentifier() and d != "N"})
+                      if isinstance(d, str) and d.isidentifier() and d not in sizes})
     if symbols:
         raise UserError(f"the kernel plan needs concrete sizes, but the input has the size "
                         f"symbol{'s' if len(symbols) > 1 else ''} {', '.join(symbols)}",
@@ -132,4 +134,14 @@ def train_plan(spec, batch: int):
                         or _reader_loc(g, symbolic[0]),
                         hint="plans are made at run time for the sizes of the data; "
                              "declare fixed sizes in the input to see one here")
-    return make_plan(g, {"N": batch}, training=True)
+    return make_plan(g, sizes, training=True)
+
+
+def boxes_per_image(g, cfg) -> dict:
+    """A detector's train graph reads ground-truth boxes [N, M, 5], M the most boxes of any
+    image, known only when the data is read: a plan shown before that binds M to what the
+    data promises (shapes' max_shapes) or 3."""
+    if not any(v.type.rank == 3 and v.type.shape[1] == "M" for v in g.inputs):
+        return {}
+    m = cfg.data.args.get("max_shapes", 3) if cfg.data.name == "shapes" else 3
+    return {"M": int(m)}

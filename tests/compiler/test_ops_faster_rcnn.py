@@ -6,6 +6,7 @@ rpn_loss, and its located errors."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +201,16 @@ def test_gt_proposals_pass_feeds_the_roi_head_in_training_only(tmp_path, capsys)
     spec.write_text(TINY.replace("count=4, size=16", "count=4, size=16, gt=false"))
     assert main(["compile", str(spec), "--emit", "ir-train"]) == 0
     assert "add_gt_boxes" not in capsys.readouterr().out
+
+
+def test_the_plan_of_a_detector_binds_its_boxes_per_image(capsys):
+    """`--emit plan` of a detector plans for the boxes per image the data promises
+    (shapes' max_shapes); the RPN's views are copy kernels, its target assignment and
+    proposal layer torch steps."""
+    spec = Path(__file__).parents[2] / "examples" / "faster_rcnn.dls"
+    assert main(["compile", str(spec), "--emit", "plan", "--batch", "4"]) == 0
+    plan = capsys.readouterr().out
+    assert plan.splitlines()[0] == "plan FasterRCNN.train (M=3, N=4)"
+    steps = next(l for l in plan.splitlines() if l.startswith("torch steps:"))
+    assert "propose" in steps and "assign_targets" in steps and "per_anchor" not in steps
+    assert "per_anchor" in plan
