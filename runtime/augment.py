@@ -43,6 +43,24 @@ LABEL_MIXERS = ("mixup", "cutmix")
 # fill) -> (x, masks)); the others change pixel values only and leave a mask as it is
 GEOMETRIC = ("crop", "flip", "resized_crop")
 MASK_SAFE = GEOMETRIC + ("jitter", "noise", "cutout")
+BOX_SAFE = MASK_SAFE        # ground-truth boxes move alike (move_boxes); no label mixing
+
+
+def move_boxes(boxes, scale_x, shift_x, scale_y, shift_y, w: int, h: int):
+    """Ground-truth boxes (N, M, 5) under the per-example map x -> scale_x x + shift_x,
+    y -> scale_y y + shift_y (N,) of an augmentation: corners mapped (a negative scale
+    mirrors), clipped to the w x h image; a box left without area becomes padding (class
+    -1, zeros), as are padding rows."""
+    if boxes is None:
+        return None
+    xs = boxes[..., 1:5:2] * scale_x[:, None, None] + shift_x[:, None, None]     # (N, M, 2)
+    ys = boxes[..., 2:5:2] * scale_y[:, None, None] + shift_y[:, None, None]
+    x0, x1 = xs.min(-1).values.clamp(0, w), xs.max(-1).values.clamp(0, w)
+    y0, y1 = ys.min(-1).values.clamp(0, h), ys.max(-1).values.clamp(0, h)
+    keep = (boxes[..., 0] > 0) & (x1 > x0) & (y1 > y0)
+    out = torch.stack([boxes[..., 0], x0, y0, x1, y1], -1)
+    pad = torch.tensor([-1.0, 0, 0, 0, 0], dtype=boxes.dtype, device=boxes.device)
+    return torch.where(keep[..., None], out, pad)
 
 
 def check_augment(call: Call) -> tuple[str, str] | None:
@@ -76,6 +94,7 @@ class Augmented(NamedTuple):
     perm: "torch.Tensor | None" = None
     lam: float = 1.0
     masks: "torch.Tensor | None" = None     # (N, H, W) per-pixel classes, moved as x was
+    boxes: "torch.Tensor | None" = None     # (N, M, 5) (class, x0, y0, x1, y1), moved as x was
 
 
 class Draw:
@@ -98,37 +117,50 @@ class Draw:
         return float(self.rng.beta(alpha, alpha)) if alpha > 0 else 1.0
 
 
-def crop(x, a, d: Draw, masks=None, fill: int = 255):
+def crop(x, a, d: Draw, masks=None, fill: int = 255, boxes=None):
     """Pad each side with `padding` zeros, cut a random window of the original size; a
-    mask is padded with `fill` (the loss's ignore label) and cut alike."""
+    mask is padded with `fill` (the loss's ignore label) and cut alike, boxes shifted and
+    clipped."""
     n, c, h, w = x.shape                                           # (N, C, H, W)
     p = a["padding"]
     if p == 0:
-        return x, masks
+        return x, masks, boxes
     xp = F.pad(x, (p, p, p, p))                                    # (N, C, H+2p, W+2p)
-    rows = d.ints(n, 2 * p + 1, x)[:, None] + torch.arange(h, device=x.device)   # (N, H)
-    cols = d.ints(n, 2 * p + 1, x)[:, None] + torch.arange(w, device=x.device)   # (N, W)
+    top, left = d.ints(n, 2 * p + 1, x), d.ints(n, 2 * p + 1, x)
+    rows = top[:, None] + torch.arange(h, device=x.device)         # (N, H)
+    cols = left[:, None] + torch.arange(w, device=x.device)        # (N, W)
+    if boxes is not None:                      # pixel v of the window is v + offset - p
+        one = torch.ones(n, dtype=boxes.dtype, device=boxes.device)
+        boxes = move_boxes(boxes, one, (p - left).to(boxes.dtype), one,
+                           (p - top).to(boxes.dtype), w, h)
     ni = torch.arange(n, device=x.device)[:, None, None, None]
     ci = torch.arange(c, device=x.device)[None, :, None, None]
     out = xp[ni, ci, rows[:, None, :, None], cols[:, None, None, :]]           # (N, C, H, W)
     if masks is not None:
         mp = F.pad(masks, (p, p, p, p), value=fill)                # (N, H+2p, W+2p)
         masks = mp[ni[:, 0], rows[:, :, None], cols[:, None, :]]   # (N, H, W)
-    return out, masks
+    return out, masks, boxes
 
 
-def flip(x, a, d: Draw, masks=None, fill: int = 255):
-    """Mirror each image (and its mask) left-right with probability p."""
+def flip(x, a, d: Draw, masks=None, fill: int = 255, boxes=None):
+    """Mirror each image (its mask, its boxes) left-right with probability p."""
     hit = d.uniform(x.shape[0], 0.0, 1.0, x) < a["p"]              # (N,)
     if masks is not None:
         masks = torch.where(hit[:, None, None], masks.flip(2), masks)
-    return torch.where(hit[:, None, None, None], x.flip(3), x), masks
+    if boxes is not None:                                          # x -> w - x when hit
+        w = x.shape[3]
+        sx = torch.where(hit, -1.0, 1.0).to(boxes.dtype)
+        one, zero = torch.ones_like(sx), torch.zeros_like(sx)
+        boxes = move_boxes(boxes, sx, torch.where(hit, float(w), 0.0).to(boxes.dtype),
+                           one, zero, w, x.shape[2])
+    return torch.where(hit[:, None, None, None], x.flip(3), x), masks, boxes
 
 
-def resized_crop(x, a, d: Draw, masks=None, fill: int = 255):
+def resized_crop(x, a, d: Draw, masks=None, fill: int = 255, boxes=None):
     """A box of area fraction s ~ U(scale) and aspect w/h = exp(U(log ratio)), clipped to
     the image, at a uniform position, resampled bilinearly to the full size (a mask: by
-    its nearest pixel, so classes stay classes)."""
+    its nearest pixel, so classes stay classes; ground-truth boxes: mapped by the same
+    affine map, x_out = (x_in - left) w / bw, and clipped)."""
     n, c, h, w = x.shape
     s = d.uniform(n, *a["scale"], x)                               # (N,) area fractions
     r = torch.exp(d.uniform(n, math.log(a["ratio"][0]), math.log(a["ratio"][1]), x))
@@ -143,8 +175,13 @@ def resized_crop(x, a, d: Draw, masks=None, fill: int = 255):
     if masks is not None:
         masks = F.grid_sample(masks[:, None].to(x.dtype), grid, mode="nearest",
                               padding_mode="border", align_corners=False)[:, 0].to(masks.dtype)
+    if boxes is not None:          # the crop's left edge (cx + 1) w/2 - bw/2 goes to 0
+        sx, sy = (w / bw).to(boxes.dtype), (h / bh).to(boxes.dtype)
+        left, top = (cx + 1) * (w / 2) - bw / 2, (cy + 1) * (h / 2) - bh / 2
+        boxes = move_boxes(boxes, sx, -left.to(boxes.dtype) * sx, sy,
+                           -top.to(boxes.dtype) * sy, w, h)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                         align_corners=False), masks
+                         align_corners=False), masks, boxes
 
 
 def _gray(x):
@@ -239,17 +276,19 @@ class Augmenter:
     def __bool__(self) -> bool:
         return bool(self.calls)
 
-    def __call__(self, x, masks=None) -> Augmented:
-        """x (N, ...) and, for segmentation, its masks (N, H, W) -> the batch after every
-        transform in order (a mask moves with its image; see MASK_SAFE)."""
+    def __call__(self, x, masks=None, boxes=None) -> Augmented:
+        """x (N, ...) and, for segmentation, its masks (N, H, W), for detection its boxes
+        (N, M, 5) -> the batch after every transform in order (masks and boxes move with
+        their images; see MASK_SAFE, BOX_SAFE)."""
         perm, lam = None, 1.0
         for call in self.calls:
             if call.name in GEOMETRIC:
-                x, masks = TRANSFORMS[call.name](x, call.args, self.draw, masks, self.mask_fill)
+                x, masks, boxes = TRANSFORMS[call.name](x, call.args, self.draw, masks,
+                                                        self.mask_fill, boxes)
                 continue
             out = TRANSFORMS[call.name](x, call.args, self.draw)
             if isinstance(out, Augmented):
                 x, perm, lam = out.x, out.perm, out.lam
             else:
                 x = out
-        return Augmented(x, perm, lam, masks)
+        return Augmented(x, perm, lam, masks, boxes)

@@ -4,7 +4,7 @@ written, else the model's output or input).
 
     check_data              each loss term's target field and shape, the model's input
     check_augment           image transforms need image inputs
-    check_augment_targets   only mask-safe transforms with masks; none with boxes
+    check_augment_targets   only mask-safe transforms with masks, box-safe with boxes
     check_batch_norm        batch norm gets more than one value per channel per batch
     check_sync_bn           bn(sync=true) on several processes needs the reference backend
 """
@@ -14,7 +14,7 @@ from ..compiler.config import target_input
 from ..compiler.ops import get as get_op
 from ..compiler.pipeline import term_output
 from ..spec.diagnostics import UserError
-from .augment import IMAGE_ONLY, MASK_SAFE
+from .augment import BOX_SAFE, GEOMETRIC, IMAGE_ONLY, MASK_SAFE
 from .distributed import World
 from .model import Model
 
@@ -77,8 +77,9 @@ def check_term(model: Model, data, cfg, term) -> None:
 
 
 def check_augment_targets(cfg, term) -> None:
-    """An augment chain may move a segmentation mask with its image (MASK_SAFE transforms);
-    boxes and label mixing of masks are not transformed."""
+    """An augment chain may move a segmentation mask (MASK_SAFE transforms) or ground-truth
+    boxes (BOX_SAFE) with its image; label mixing of either, geometric transforms beside
+    precomputed proposals and any transform of other targets are errors."""
     target = target_input(term.target)
     if not cfg.augment or target == "y":
         return
@@ -89,9 +90,21 @@ def check_augment_targets(cfg, term) -> None:
         raise UserError(f"{bad.name} cannot be applied to a segmentation mask: the "
                         f"{term.target} would no longer match the images", bad.span,
                         hint=f"with masks, augment takes {', '.join(MASK_SAFE)}")
+    if term.target == "boxes":
+        bad = next((c for c in cfg.augment if c.name not in BOX_SAFE), None)
+        if bad is not None:
+            raise UserError(f"{bad.name} cannot be applied to ground-truth boxes: mixing "
+                            "two images' boxes is not defined", bad.span,
+                            hint=f"with boxes, augment takes {', '.join(BOX_SAFE)}")
+        if cfg.proposals is not None and any(c.name in GEOMETRIC for c in cfg.augment):
+            raise UserError("augment would move the objects but not the proposals computed "
+                            "for the unaugmented images", cfg.spans.get("augment", term.span),
+                            hint="with a `proposals` setting, augment takes "
+                                 "jitter, noise, cutout")
+        return
     raise UserError(f"augment transforms the images only, so their {term.target} would "
                     "no longer match them", cfg.spans.get("augment", term.span),
-                    hint="leave augment out when a loss reads boxes or other targets")
+                    hint="leave augment out when a loss reads other targets")
 
 
 def check_augment(spec, model: Model) -> None:

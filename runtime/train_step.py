@@ -60,6 +60,8 @@ class TrainStep:
         self.objective = Objective(model.spec, train_graph)
         seg = self.objective.seg               # (output, mask input, classes, ignore label)
         self.mask_name = seg[1] if seg else None     # masks move with their images
+        self.box_name = next((name for name, fld in self.objective.inputs.items()
+                              if fld == "boxes"), None)          # and so do boxes
         self.augment = Augmenter(model.spec.config.augment, seed, model.device,
                                  mask_fill=seg[3] if seg else 255)
         # target inputs: y (n,) i64 / (n, k) f32, masks (n, H, W) i64, ...
@@ -103,12 +105,14 @@ class TrainStep:
         inputs.update(targets)
         if with_lr:
             inputs["lr"] = self.lr
-        batch = self.augment(inputs[self.x_name], targets.get(self.mask_name)) \
-            if self.augment else None
+        batch = self.augment(inputs[self.x_name], targets.get(self.mask_name),
+                             targets.get(self.box_name)) if self.augment else None
         if batch is not None:
             inputs[self.x_name] = batch.x
             if batch.masks is not None:
                 targets[self.mask_name] = inputs[self.mask_name] = batch.masks
+            if batch.boxes is not None:
+                targets[self.box_name] = inputs[self.box_name] = batch.boxes
             inputs.update(self._mixed_inputs(inputs, batch))
             inputs.update(self._mixed_labels(targets.get("y"), batch))
         outs, updates, _ = self.program.run(self.state, inputs)

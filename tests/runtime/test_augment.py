@@ -4,6 +4,7 @@ training batches are augmented."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -300,3 +301,109 @@ def test_photometric_transforms_leave_a_mask_alone():
     out = Augmenter([call("jitter", brightness=0.4), call("noise", std=0.1),
                      call("cutout", size=4)], 0, "cpu")(x, masks)
     assert torch.equal(out.masks, masks) and not torch.equal(out.x, x)
+
+
+# -- ground-truth boxes move with their images -----------------------------------------------
+
+def _boxed(n=24, size=16, seed=0):
+    """One box per image (class 1..3, integer corners) and a second padding row, and images
+    whose channel 0 is 1 inside the box: the box can be read back from the pixels."""
+    g = np.random.default_rng(seed)
+    boxes = np.zeros((n, 2, 5), np.float32)
+    boxes[:, 1, 0] = -1
+    x = torch.zeros(n, 3, size, size)
+    for i in range(n):
+        w, h = g.integers(3, 9, size=2)
+        x0, y0 = g.integers(0, size - w + 1), g.integers(0, size - h + 1)
+        boxes[i, 0] = [g.integers(1, 4), x0, y0, x0 + w, y0 + h]
+        x[i, 0, y0:y0 + h, x0:x0 + w] = 1.0
+    return x, torch.from_numpy(boxes)
+
+
+def _extent(channel, threshold=0.5):
+    """The (x0, y0, x1, y1) pixel extent of where channel > threshold, or None."""
+    ys, xs = torch.nonzero(channel > threshold, as_tuple=True)
+    if len(ys) == 0:
+        return None
+    return [xs.min().item(), ys.min().item(), xs.max().item() + 1, ys.max().item() + 1]
+
+
+@pytest.mark.parametrize("name,kw", [("crop", {"padding": 6}), ("flip", {"p": 0.5})])
+def test_crop_and_flip_move_boxes_exactly_as_their_images(name, kw):
+    x, boxes = _boxed()
+    out = Augmenter([call(name, **kw)], 3, "cpu")(x, boxes=boxes)
+    gone = 0
+    for i in range(len(x)):
+        seen = _extent(out.x[i, 0])
+        if seen is None:                                    # cropped out: padding now
+            assert out.boxes[i, 0].tolist() == [-1, 0, 0, 0, 0]
+            gone += 1
+        else:
+            assert out.boxes[i, 0, 0] == boxes[i, 0, 0]
+            assert out.boxes[i, 0, 1:].tolist() == seen, i
+        assert out.boxes[i, 1].tolist() == [-1, 0, 0, 0, 0]     # padding stays padding
+    assert not torch.equal(out.boxes, boxes)
+    if name == "crop":
+        assert gone < len(x)
+
+
+def test_resized_crop_maps_boxes_with_the_image():
+    x, boxes = _boxed(n=32, size=32, seed=1)
+    out = Augmenter([call("resized_crop", scale=[0.3, 0.8])], 5, "cpu")(x, boxes=boxes)
+    checked = 0
+    for i in range(len(x)):
+        seen = _extent(out.x[i, 0])
+        b = out.boxes[i, 0]
+        if seen is None or b[0] < 0:
+            continue
+        # bilinear: the thresholded edges lie within a pixel of the mapped box (the
+        # sampling clamps at the image border, which clipping matches)
+        assert np.allclose(b[1:].tolist(), seen, atol=1.01), (i, b.tolist(), seen)
+        checked += 1
+    assert checked >= 16
+
+
+def test_boxes_refuse_label_mixing_and_moving_beside_proposals(tmp_path, capsys):
+    from dlc.cli import main
+    yolo = (Path(__file__).parents[2] / "examples" / "yolo_v1.dls").read_text()
+    spec = tmp_path / "y.dls"
+    spec.write_text(yolo.replace("    batch     32", "    augment   flip -> mixup(0.2)\n"
+                                 "    batch     32").replace("n=3000", "n=20"))
+    assert main(["train", str(spec), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "mixup cannot be applied to ground-truth boxes" in err and "y.dls:" in err
+    fast = (Path(__file__).parents[2] / "examples" / "fast_rcnn.dls").read_text()
+    spec.write_text(fast.replace("    batch     16", "    augment   flip\n    batch     16")
+                    .replace("selective_search", "sliding_window").replace("n=2000", "n=20"))
+    assert main(["train", str(spec), "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "augment would move the objects but not the proposals" in err
+
+
+def test_a_detector_is_fed_its_boxes_moved_with_its_images(tmp_path, fed_inputs):
+    spec = tmp_path / "y.dls"
+    spec.write_text("""
+model TinyYolo(S=2, B=1, classes=3) {
+    input x: f32[3, 16, 16]
+    conv(8, 3, stride=2) -> leaky_relu(0.1) -> maxpool(2)
+    flatten -> linear(S * S * (5 * B + classes)) -> yolo_head(grid=S, boxes=B, classes=classes)
+}
+train {
+    data      shapes(n=20, size=16, max_shapes=2, val=0.2, test=0.2)
+    loss      yolo_loss(boxes=1, size=16)
+    augment   flip(p=1)
+    batch     8
+    epochs    1
+}
+""")
+    dlc.train(dlc.compile_spec(spec), tmp_path / "run", backend="reference", progress=False)
+    data = load(dlc.compile_spec(spec).config.data, 0, tmp_path)
+    truth = torch.as_tensor(data.train.target("boxes"))
+    assert len(fed_inputs) == 2
+    for step in fed_inputs:
+        fed, want = step["inputs"]["boxes"], truth[step["idx"]].clone()
+        real = want[..., 0] > 0
+        want[..., 1], want[..., 3] = 16 - truth[step["idx"]][..., 3], 16 - truth[step["idx"]][..., 1]
+        assert torch.equal(fed[real], want[real])                  # every box mirrored
+        assert torch.equal(step["inputs"]["x"], torch.as_tensor(
+            data.train.x[step["idx"].numpy()]).flip(3))
