@@ -220,7 +220,8 @@ def test_only_training_batches_are_augmented(tmp_path, monkeypatch):
     calls = []
     real = Augmenter.__call__
     monkeypatch.setattr(Augmenter, "__call__",
-                        lambda self, x, masks=None: calls.append(len(x)) or real(self, x, masks))
+                        lambda self, x, masks=None, boxes=None:
+                        calls.append(len(x)) or real(self, x, masks, boxes))
     final = run_training(spec, tmp_path / "run", backend="reference", device="cpu",
                          progress=False)
     data = load(spec.config.data, 0, tmp_path)
