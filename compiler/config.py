@@ -74,6 +74,7 @@ class TrainConfig:
     weight_noise: Call | None = None   # std * N(0, 1) added to every weight in each training step
     shuffle: bool = True               # a fresh permutation of the training split every epoch
     drop_last: bool = False            # leave out an epoch's last, short batch
+    map_every: int = 1                 # a detector's val mAP every k-th epoch (and the last)
     ensemble: Call | None = None       # kfold(k), bagging(n) or boosting(n): several models
     spans: dict[str, Any] = field(default_factory=dict)   # key -> where it was set
     # `loss (seg=..., aux=...)`: one term per named output; empty: `loss` on the first output
@@ -105,6 +106,7 @@ class TrainConfig:
             "augment": [c.to_dict() for c in self.augment],
             "weight_noise": self.weight_noise.to_dict() if self.weight_noise else None,
             "shuffle": self.shuffle, "drop_last": self.drop_last,
+            **({"map_every": self.map_every} if self.map_every > 1 else {}),
             **({"losses": {t.output: {**t.call.to_dict(), "target": t.target,
                                       "weight": t.weight} for t in self.terms}}
                if self.terms else {}),

@@ -1,6 +1,10 @@
 """An epoch's record and what watches the records: the metrics.jsonl row of a finished epoch
 (epoch_record: training and validation metrics), early stopping on a monitored validation
-metric, and metrics.jsonl rewritten from the records kept (a resumed run)."""
+metric, and metrics.jsonl rewritten from the records kept (a resumed run).
+
+A detector's validation mAP (val_map50, val_map, val_ap) is the slow part of a record: with
+`map_every k` it is computed on epochs k, 2k, ... and on the run's last epoch (the `epochs`
+setting's, or the one early stopping stops at); the other records leave those keys out."""
 from __future__ import annotations
 
 import json
@@ -13,14 +17,28 @@ from .train_step import EpochStats
 
 
 def epoch_record(model: Model, data, epoch: int, train: EpochStats, t0: float,
-                 tag: dict) -> dict:
+                 tag: dict, score_boxes: bool = True) -> dict:
     """The epoch's metrics.jsonl record: its training metrics and the validation split's,
-    after the `tag` of an ensemble member (`{"fold": 2}`)."""
-    val = model.evaluate_split(data.val, data.class_names)
+    after the `tag` of an ensemble member (`{"fold": 2}`); a detector's mAP only when
+    `score_boxes` (see boxes_due)."""
+    val = model.evaluate_split(data.val, data.class_names, score_boxes=score_boxes)
     return {**tag, "epoch": epoch, "train_loss": train.loss, "train_acc": train.acc,
             "val_loss": val["loss"], "val_acc": val["acc"], "lr": train.lr,
             **prefixed("train", train.scores), **prefixed("val", val),
             "seconds": round(time.perf_counter() - t0, 4)}
+
+
+def boxes_due(cfg, epoch: int) -> bool:
+    """Whether the record of `epoch` gets a detector's validation mAP: every map_every-th
+    epoch and the last one."""
+    return epoch % cfg.map_every == 0 or epoch == cfg.epochs
+
+
+def add_box_scores(record: dict, model: Model, data) -> None:
+    """Give the record of the epoch a run stops at early the validation mAP it was not due
+    (the validation scores it already holds are computed again alike and kept)."""
+    val = model.evaluate_split(data.val, data.class_names)
+    record.update({k: v for k, v in prefixed("val", val).items() if k not in record})
 
 
 def prefixed(split: str, scores: dict) -> dict:

@@ -53,7 +53,8 @@ from .batches import Batches
 from .checks import check_augment, check_batch_norm, check_data, check_sync_bn
 from .data import load
 from .distributed import World
-from .epochs import EarlyStopping, epoch_record, prefixed, rewrite_metrics
+from .epochs import (EarlyStopping, add_box_scores, boxes_due, epoch_record, prefixed,
+                     rewrite_metrics)
 from .model import Model
 from .plot import write_curves
 from .progress import Progress
@@ -238,10 +239,13 @@ def _run_epoch(run: _Run, epoch: int, bar: Progress, outcome: _Outcome) -> bool:
     t0 = time.perf_counter()
     train = train_epoch(run.step, run.batches, epoch, run.schedule, bar, run.world)
     run.step.copy_to(run.model)
-    record = epoch_record(run.model, run.data, epoch, train, t0, run.tag)
+    due = boxes_due(run.cfg, epoch)
+    record = epoch_record(run.model, run.data, epoch, train, t0, run.tag, score_boxes=due)
     run.schedule.end_epoch(epoch, record)
     outcome.records.append(record)
     stop = run.stopper is not None and run.stopper.update(epoch, record, run.model.state)
+    if stop and not due:
+        add_box_scores(record, run.model, run.data)          # the run's last epoch is scored
     if run.writes:
         with open(run.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -141,12 +141,14 @@ class Model:
                     None)
 
     def evaluate_arrays(self, x: np.ndarray, y: np.ndarray, batch: int = 512,
-                        extra: dict | None = None, names: list | None = None) -> dict:
+                        extra: dict | None = None, names: list | None = None,
+                        score_boxes: bool = True) -> dict:
         """Mean loss and (for classification) accuracy over (x, y); with several loss terms
         each term's mean (`losses`), with a per-pixel loss pixel accuracy and mean IoU, for a
         detector mAP@0.5 (`map50`), mAP@[.5:.95] (`map`) and per class (`ap`).
         `extra`: the other target fields the losses read (masks, boxes, ...), by name;
-        `names`: the data's class names (index 0 the background), for per-class scores."""
+        `names`: the data's class names (index 0 the background), for per-class scores;
+        `score_boxes` False leaves a detector's mAP out (train's map_every)."""
         if len(y) == 0:
             return {"loss": None, "acc": None}
         if self._no_eval is not None:
@@ -158,7 +160,8 @@ class Model:
                       if k in obj.inputs}}
         n = len(y)
         sums = obj.zeros(self.device)
-        det, found = detector_of(self.spec.config), []
+        det = detector_of(self.spec.config) if score_boxes else None
+        found = []
         with torch.no_grad():
             for i in range(0, n, batch):
                 tb = {k: v[i:i + batch] for k, v in targets.items() if k in obj.inputs}
@@ -196,9 +199,10 @@ class Model:
                 found += self._detections(det, ys, xb)
         return found
 
-    def evaluate_split(self, split, names: list | None = None) -> dict:
+    def evaluate_split(self, split, names: list | None = None, score_boxes: bool = True) -> dict:
         """evaluate_arrays over a data Split (its labels or targets and its extra fields)."""
-        return self.evaluate_arrays(split.x, split.y, extra=split.extra, names=names)
+        return self.evaluate_arrays(split.x, split.y, extra=split.extra, names=names,
+                                    score_boxes=score_boxes)
 
     def evaluate(self, split: str = "test") -> dict:
         from .data import load

@@ -55,6 +55,7 @@ SETTINGS: dict[str, tuple[str, dict | None, str]] = {
     "weight_noise": ("weight_noise", None, "weight_noise 0.01   (or weight_noise(std=0.01))"),
     "shuffle": ("bool", None, "shuffle false"),
     "drop_last": ("bool", None, "drop_last true   (or just drop_last)"),
+    "map_every": ("posint", None, "map_every 5   (a detector's validation mAP every 5th epoch)"),
     "clip": ("call", CLIPS, "clip norm(1.0)   (or value(0.5))"),
     "params": ("group", None, 'params("*.bias", weight_decay=0)'),
     "kfold": ("ensemble", ENSEMBLES, "kfold(5)"),
@@ -483,8 +484,20 @@ def resolve_train(trains: list[ast.TrainDef],
             call.span, call.arg_spans))
     check_batch_split(cfg, cfg.batch, 1)
     _check_early_stopping_has_val(cfg)
+    _check_map_every(cfg)
     _check_param_groups(cfg)
     return cfg
+
+
+def _check_map_every(cfg: TrainConfig) -> None:
+    """map_every paces a detector's validation mAP: a spec whose losses read no ground-truth
+    boxes has none to pace."""
+    if "map_every" in cfg.spans and not any(getattr(get_op(t.call.name), "box_target", False)
+                                            for t in cfg.loss_terms()):
+        raise UserError("map_every says how often a detector's validation mAP is computed, but "
+                        "no loss of this train section reads ground-truth boxes",
+                        cfg.spans["map_every"],
+                        hint="remove map_every (detectors: yolo_loss, fast_rcnn_loss)")
 
 
 def _check_early_stopping_has_val(cfg: TrainConfig) -> None:
