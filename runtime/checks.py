@@ -60,7 +60,8 @@ def check_term(model: Model, data, cfg, term) -> None:
             raise UserError(f"{term.call.name} reads ground-truth boxes (class, x0, y0, x1, y1) "
                             f"per example, but the {term.target} of {data.name} are "
                             f"{list(have)} per example", span,
-                            hint="target=boxes reads the boxes of shapes(...) or voc(...)")
+                            hint="target=boxes reads the boxes of shapes(...), voc(...) or "
+                                 "coco(...)")
     elif term.call.name == "cross_entropy":
         if out.rank != 2 or out.shape[1] < data.classes:
             raise UserError(f"the model's output {out} cannot score {data.classes} classes of "

@@ -58,6 +58,13 @@ DATASOURCES: dict[str, tuple[Arg, ...]] = {
     "voc": (Arg("root", kind="str", doc="folder with JPEGImages, SegmentationClass, Annotations"),
             Arg("size", 64, kind="any", doc="images resized to size or [h, w]"),
             *_SPLITS),
+    # a folder with a COCO-format instances file (runtime/coco.py)
+    "coco": (Arg("root", kind="str", doc="folder with the annotation file and the images"),
+             Arg("annotations", "annotations.json", kind="str",
+                 doc="the instances file, relative to root"),
+             Arg("images", "images", kind="str", doc="the images' folder, relative to root"),
+             Arg("size", 64, kind="any", doc="images resized to size or [h, w]"),
+             *_SPLITS),
 }
 
 
@@ -131,6 +138,8 @@ def load(call: Call, seed: int, base_dir: Path = Path(".")) -> Dataset:
         return _shapes(call, seed)
     if call.name == "voc":
         return _voc(call, seed, base_dir)
+    if call.name == "coco":
+        return _coco(call, seed, base_dir)
     if call.name in ("mnist", "cifar10"):
         from .formats import read_cifar10, read_mnist
         root = Path(a["root"]).expanduser()
@@ -220,21 +229,44 @@ def _shapes(call: Call, seed: int) -> Dataset:
 
 def _voc(call: Call, seed: int, base_dir: Path) -> Dataset:
     from .voc import CLASSES, read_voc
-    a = call.args
-    root = Path(a["root"]).expanduser()
-    root = root if root.is_absolute() else base_dir / root
-    if not root.is_dir():
-        raise UserError(f"voc: no such folder {root}", call.arg_spans.get("root", call.span))
-    size = a["size"] if isinstance(a["size"], (list, tuple)) else [a["size"]] * 2
-    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
-                                 for v in size):
-        raise UserError(f"voc: size is a positive integer or a pair [h, w], got {a['size']}",
-                        call.arg_spans.get("size", call.span))
-    d = read_voc(root, tuple(size))
-    data = _split(d["x"], d["y"], a, seed, len(CLASSES), root.name,
+    root = _folder(call, base_dir)
+    d = read_voc(root, _image_size(call))
+    data = _split(d["x"], d["y"], call.args, seed, len(CLASSES), root.name,
                   extra={"masks": d["masks"], "boxes": d["boxes"]})
     data.class_names = list(CLASSES)
     return data
+
+
+def _coco(call: Call, seed: int, base_dir: Path) -> Dataset:
+    from .coco import read_coco
+    root, a = _folder(call, base_dir), call.args
+    d = read_coco(root / a["annotations"], root / a["images"], _image_size(call),
+                  call.arg_spans.get("annotations", call.span))
+    data = _split(d["x"], d["y"], a, seed, len(d["names"]), root.name,
+                  extra={"boxes": d["boxes"]})
+    data.class_names = d["names"]
+    return data
+
+
+def _folder(call: Call, base_dir: Path) -> Path:
+    """The data set's folder `root` (`~` expanded, relative to the spec), which must exist."""
+    root = Path(call.args["root"]).expanduser()
+    root = root if root.is_absolute() else base_dir / root
+    if not root.is_dir():
+        raise UserError(f"{call.name}: no such folder {root}",
+                        call.arg_spans.get("root", call.span))
+    return root
+
+
+def _image_size(call: Call) -> tuple[int, int]:
+    """`size`: N for N x N, or [h, w]."""
+    a = call.args
+    size = a["size"] if isinstance(a["size"], (list, tuple)) else [a["size"]] * 2
+    if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
+                                 for v in size):
+        raise UserError(f"{call.name}: size is a positive integer or a pair [h, w], got "
+                        f"{a['size']}", call.arg_spans.get("size", call.span))
+    return tuple(size)
 
 
 def _split(x, y, a, seed, classes, name, extra: dict | None = None) -> Dataset:

@@ -77,14 +77,27 @@ def read_voc(root: Path, size: tuple[int, int]) -> dict[str, np.ndarray]:
         except (UnidentifiedImageError, OSError) as e:
             raise UserError(f"{root}: cannot read image {i}: {e}") from None
         boxes.append(_boxes(root / "Annotations" / f"{i}.xml", sx, sy))
-    most = max(1, max(len(b) for b in boxes))
-    box = np.zeros((len(ids), most, 5), np.float32)
+    box, labels = pack_boxes(boxes)
+    return {"x": images_array(xs), "y": labels,
+            "masks": np.stack(masks).astype(np.int64), "boxes": box}
+
+
+def pack_boxes(per_image: list[list[tuple]]) -> tuple[np.ndarray, np.ndarray]:
+    """Every image's boxes [(class, x0, y0, x1, y1), ...] as one array (n, B, 5), B the most
+    of any image, unused rows class -1; and the labels (n,) int64, each image's largest box's
+    class (0 when it has none)."""
+    most = max(1, max(len(b) for b in per_image))
+    box = np.zeros((len(per_image), most, 5), np.float32)
     box[:, :, 0] = -1
-    labels = np.zeros(len(ids), np.int64)
-    for k, bs in enumerate(boxes):
+    labels = np.zeros(len(per_image), np.int64)
+    for k, bs in enumerate(per_image):
         if bs:
             box[k, :len(bs)] = bs
             labels[k] = max(bs, key=lambda b: (b[3] - b[1]) * (b[4] - b[2]))[0]
-    x = (np.stack(xs).astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
-    return {"x": np.ascontiguousarray(x), "y": labels,
-            "masks": np.stack(masks).astype(np.int64), "boxes": box}
+    return box, labels
+
+
+def images_array(pixels: list[np.ndarray]) -> np.ndarray:
+    """(h, w, 3) uint8 images as one (n, 3, h, w) float32 array in [0, 1]."""
+    x = (np.stack(pixels).astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
