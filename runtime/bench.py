@@ -5,7 +5,9 @@ the same network as PyTorch baselines in the same process.
           infer=True, compare=False, seed=0) -> dict
 
 What is measured, on synthetic data of the model's input shape (labels drawn in the range
-of the output width for cross-entropy, normal targets otherwise):
+of the output width for cross-entropy, per-pixel labels for a segmentation loss, for a
+detector BOXES generated ground-truth boxes per image (and sliding windows as the
+`proposals` input), normal targets otherwise):
 
     train     median / min / max ms per training step, samples/s, peak device memory
               (torch.cuda.max_memory_allocated over the timed steps; None on the CPU),
@@ -41,11 +43,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..compiler.pipeline import build_infer_graph, build_train_graph, label_type
+from ..compiler.config import target_input
+from ..compiler.pipeline import (build_infer_graph, build_train_graph, target_type,
+                                 term_output)
 from ..compiler.emit import text_table
 from ..spec.diagnostics import UserError
 from .backends import make_program, resolve
+from .detect import detector_of
+from .proposals import INPUT as PROPOSALS, sliding_windows
 from .state import init_state
+
+BOXES = 3                  # ground-truth boxes per image of a detector's synthetic batch
 
 
 
@@ -113,30 +121,61 @@ def _concrete(shape, what: str) -> tuple:
 
 
 def synthetic_inputs(spec, batch: int, device, seed: int = 0) -> dict:
-    """The train graph's inputs: random model inputs, labels in range of the output width
-    (cross-entropy) or normal targets, and the optimizer's learning rate as %lr."""
+    """The train graph's inputs: random model inputs (sliding windows as proposals), each
+    loss's target (see `_target`), and the optimizer's learning rate as %lr."""
     gen = torch.Generator().manual_seed(seed)
     g = spec.graph
     inputs = {}
     for v in g.inputs:
         shape = _concrete(v.type.shape[1:], f"the input {v.input_name}")
-        if v.type.dtype == "f32":
+        if v.input_name == PROPOSALS and spec.config.proposals is not None:
+            windows = torch.from_numpy(sliding_windows(*_image_size(g), shape[0]))  # (P, 4)
+            inputs[v.input_name] = windows.expand(batch, *shape).clone()
+        elif v.type.dtype == "f32":
             inputs[v.input_name] = torch.randn((batch, *shape), generator=gen)
         else:
             inputs[v.input_name] = torch.zeros((batch, *shape), dtype=torch.int64)
-    out = g.outputs[0].type
-    if spec.config.loss.name == "cross_entropy":
-        classes = out.shape[1] if out.rank == 2 and isinstance(out.shape[1], int) else None
-        if classes is None:
-            raise UserError(f"cross_entropy needs [N, classes] outputs, the model gives {out}")
-        inputs["y"] = torch.randint(0, classes, (batch,), generator=gen)
-    else:
-        shape = _concrete(label_type(g, spec.config.loss.name).shape[1:], "the target")
-        inputs["y"] = torch.randn((batch, *shape), generator=gen)
+    for term in spec.config.loss_terms():
+        inputs[target_input(term.target)] = _target(spec, term, batch, gen)
     inputs["lr"] = torch.tensor(float(spec.config.optimizer.args["lr"]), dtype=torch.float32)
     if spec.config.label_mixer is not None and spec.config.loss.name == "cross_entropy":
         inputs.update(y_b=inputs["y"].roll(1), lam_a=torch.tensor(0.7), lam_b=torch.tensor(0.3))
     return {k: t.to(device) for k, t in inputs.items()}
+
+
+def _target(spec, term, batch: int, gen) -> torch.Tensor:
+    """A loss term's synthetic target: class indices in range of the scored output's width
+    (cross-entropy, per pixel for pixel_cross_entropy), BOXES boxes per image (a detection
+    loss), else normal values of the output's shape."""
+    g, name, det = spec.graph, term.call.name, detector_of(spec.config)
+    if det is not None and term.target == det.target:
+        return _boxes(g, det.classes(g), batch, gen)
+    out = term_output(g, term).type
+    want = target_type(out, name)
+    shape = _concrete(want.shape[1:], "the target")
+    if want.dtype == "i64":
+        classes = out.shape[1] if out.rank >= 2 and isinstance(out.shape[1], int) else None
+        if classes is None:
+            raise UserError(f"{name} needs [N, classes, ...] outputs, the model gives {out}")
+        return torch.randint(0, classes, (batch, *shape), generator=gen)
+    return torch.randn((batch, *shape), generator=gen)
+
+
+def _image_size(g) -> tuple[int, int]:
+    """(H, W) of the model's first input, an image [C, H, W]."""
+    h, w = _concrete(g.inputs[0].type.shape[-2:], "the image input")
+    return h, w
+
+
+def _boxes(g, classes: int, batch: int, gen) -> torch.Tensor:
+    """(batch, BOXES, 5) ground truth [class 1..C, x0, y0, x1, y1]: squares of a sixth to a
+    half of the image's shorter side, anywhere inside it."""
+    h, w = _image_size(g)
+    side = min(h, w) * (1 / 6 + torch.rand((batch, BOXES), generator=gen) / 3)
+    x0 = (w - side) * torch.rand((batch, BOXES), generator=gen)
+    y0 = (h - side) * torch.rand((batch, BOXES), generator=gen)
+    cls = torch.randint(1, classes + 1, (batch, BOXES), generator=gen).float()
+    return torch.stack([cls, x0, y0, x0 + side, y0 + side], dim=2)
 
 
 def prepare(spec, *, backend: str = "auto", device: str | None = None, batch: int | None = None,
@@ -323,6 +362,8 @@ def bench(spec, *, backend: str = "auto", device: str | None = None, batch: int 
     }
     if not gpu:
         result["notes"].append("CPU: no device memory figures; times from time.perf_counter")
+    if detector_of(spec.config) is not None:
+        result["notes"].append(f"detector: {BOXES} generated ground-truth boxes per image")
     result["train"] = bench_dlc_train(setup, steps=steps, warmup=warmup,
                                       profile_runs=profile_runs)
     result["infer"] = bench_dlc_infer(setup, steps=steps, warmup=warmup) if infer else None
