@@ -283,8 +283,8 @@ def test_mixup_mixes_every_input_of_a_two_input_model_alike(tmp_path, monkeypatc
                                                   "    augment   mixup(0.4)"))
     batches, real_aug = [], augment.Augmenter.__call__
 
-    def remember_batch(self, x, masks=None):
-        batches.append(real_aug(self, x, masks))
+    def remember_batch(self, x, masks=None, boxes=None):
+        batches.append(real_aug(self, x, masks, boxes))
         return batches[-1]
 
     monkeypatch.setattr(augment.Augmenter, "__call__", remember_batch)
