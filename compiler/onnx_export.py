@@ -113,6 +113,19 @@ def lower_reshape(e, node, ins, outs):
     e.add("Reshape", [ins[0], shape], outs)
 
 
+@onnx_op("per_anchor")
+def lower_per_anchor(e, node, ins, outs):
+    """[N, A*k, H, W] -> [N, A, k, H, W] -> [N, H, W, A, k] -> [N, H*W*A(, k)]."""
+    k = node.attrs["values"]
+    _, c, h, w = node.inputs[0].type.shape
+    split = e.const(f"{outs[0]}/split", np.array([0, c // k, k, h, w], dtype=np.int64))
+    five, moved = e.fresh(f"{outs[0]}/5d"), e.fresh(f"{outs[0]}/moved")
+    e.add("Reshape", [ins[0], split], [five])
+    e.add("Transpose", [five], [moved], perm=[0, 3, 4, 1, 2])
+    flat = [0, -1] if k == 1 else [0, -1, k]
+    e.add("Reshape", [moved, e.const(f"{outs[0]}/shape", np.array(flat, dtype=np.int64))], outs)
+
+
 @onnx_op("add")
 def lower_add(e, node, ins, outs):
     e.add("Add" if len(ins) == 2 else "Sum", ins, outs)

@@ -148,7 +148,7 @@ def test_every_inference_op_has_a_mapping():
     # exporting one is a UserError naming it (tests/compiler/test_ops_roi.py)
     detection = {"box_iou", "box_encode", "box_decode", "anchors", "nms", "assign_targets",
                  "roi_pool", "roi_align", "spp", "roi_spp", "smooth_l1", "rpn_loss", "yolo_head",
-                 "yolo_loss", "yolo_decode", "fast_rcnn_loss"}
+                 "yolo_loss", "yolo_decode", "fast_rcnn_loss", "propose"}
     for name, op in all_ops().items():
         if op.layer and name not in internal | detection:
             assert name in ONNX_OPS, f"layer op {name!r} cannot be exported to ONNX"
@@ -300,3 +300,19 @@ def test_too_big_for_protobuf_is_refused_before_allocating(tmp_path):
         export_onnx(spec)
     assert "more than one protobuf file can hold" in info.value.message
     assert time.process_time() - t0 < 1.0
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_per_anchor_exports_as_reshape_transpose_reshape(tmp_path, k):
+    """The RPN's per-anchor view: onnxruntime gives the reference's values (the 1x1 conv
+    before it to float rounding; the permutation itself moves values only)."""
+    path = tmp_path / "net.dls"
+    path.write_text(f"model Net {{\n    input x: f32[3, 5, 6]\n    conv({3 * k}, 1) -> "
+                    f"per_anchor({k})\n}}\n{TRAIN}")
+    spec = dlc.compile_spec(path)
+    model = dlc.build(spec, backend="reference", device="cpu")
+    x = np.random.default_rng(0).normal(size=(2, 3, 5, 6)).astype(np.float32)
+    want = model.predict(x)
+    (got,) = run_onnx(export_onnx(spec, model.state), x)
+    assert got.shape == ((2, 90) if k == 1 else (2, 90, k))
+    assert_close(got, want, rel=1e-6)

@@ -19,7 +19,7 @@ def test_debug_trace_lists_the_train_passes_in_order(monkeypatch, capsys):
     build_train_graph(spec.graph, spec.config)
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[dlc]")]
     assert [l.split()[2] for l in lines] == [name for name, _ in TRAIN]
-    assert [name for name, _ in TRAIN] == ["lower-train", "weight-noise", "add-loss",
+    assert [name for name, _ in TRAIN] == ["lower-train", "gt-proposals", "weight-noise", "add-loss",
                                            "lookahead", "autodiff", "all-reduce",
                                            "optimizer", "dce", "verify"]
 
