@@ -49,6 +49,7 @@ from ..compiler.pipeline import (build_infer_graph, build_train_graph, target_ty
 from ..compiler.emit import text_table
 from ..spec.diagnostics import UserError
 from .backends import make_program, resolve
+from .checks import check_batch_norm
 from .detect import detector_of
 from .proposals import INPUT as PROPOSALS, sliding_windows
 from .state import init_state
@@ -100,16 +101,6 @@ def _batch_size(spec, batch: int | None) -> int:
                         "bench needs a batch size", spec.config.spans.get("batch"),
                         hint="give one with --batch N")
     return int(b)
-
-
-def _check_batch_norm(spec, batch: int) -> None:
-    for node in spec.graph.nodes:
-        if node.op == "batch_norm":
-            t = node.inputs[0].type
-            if batch * (t.per_sample() or 1) // t.shape[1] < 2:
-                raise UserError("batch norm in training needs more than one value per channel, "
-                                f"but a batch of {batch} gives {node.scope} one", node.loc,
-                                hint="use --batch 2 or more")
 
 
 def _concrete(shape, what: str) -> tuple:
@@ -182,7 +173,7 @@ def prepare(spec, *, backend: str = "auto", device: str | None = None, batch: in
             infer: bool = True, seed: int = 0) -> Setup:
     batch = _batch_size(spec, batch)
     check_args(batch, 1, 0)
-    _check_batch_norm(spec, batch)
+    check_batch_norm(spec, batch, at_layer=True, hint="use --batch 2 or more")
     train = build_train_graph(spec.graph, spec.config)
     inf = build_infer_graph(spec.graph, spec.config) if infer else None
     backend, device = resolve(backend, device, [train] + ([inf] if inf is not None else []))
@@ -395,7 +386,7 @@ def first_step(spec_path: str, sets=(), *, backend: str = "auto", device: str | 
     t0 = time.perf_counter()
     spec = compile_spec(spec_path, list(sets))
     batch = _batch_size(spec, batch)
-    _check_batch_norm(spec, batch)
+    check_batch_norm(spec, batch, at_layer=True, hint="use --batch 2 or more")
     train = build_train_graph(spec.graph, spec.config)
     others = [build_infer_graph(spec.graph, spec.config),
               build_eval_graph(spec.graph, spec.config)]

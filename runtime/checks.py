@@ -118,17 +118,19 @@ def check_augment(spec, model: Model) -> None:
                             "noise and mixup work on any input")
 
 
-def check_batch_norm(spec, smallest: int) -> None:
-    """Batch norm in training needs more than one value per channel in every batch."""
+def check_batch_norm(spec, smallest: int, *, at_layer: bool = False,
+                     hint: str = "use a batch of at least 2") -> None:
+    """Batch norm in training needs more than one value per channel in every batch: an
+    error at the train section's `batch` (or, `at_layer`, at the batch-norm layer)."""
     for node in spec.graph.nodes:
         if node.op == "batch_norm":
             t = node.inputs[0].type
             per_channel = smallest * (t.per_sample() or 1) // t.shape[1]
             if per_channel < 2:
+                where = node.loc if at_layer else spec.config.spans.get("batch", node.loc)
                 raise UserError("batch norm in training needs more than one value per channel, "
-                                f"but a batch of {smallest} gives {node.scope} one",
-                                spec.config.spans.get("batch", node.loc),
-                                hint="use a batch of at least 2")
+                                f"but a batch of {smallest} gives {node.scope} one", where,
+                                hint=hint)
 
 
 def check_sync_bn(spec, model: Model, world: World) -> None:
