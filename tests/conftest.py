@@ -73,3 +73,19 @@ def fed_inputs(monkeypatch):
 
     monkeypatch.setattr(TrainStep, "run", spy)
     return seen
+
+
+@pytest.fixture
+def trained_alike():
+    """`trained_alike(run_a, run_b)`: the two runs' last.safetensors hold the same tensors
+    (all but the random state, which each backend keeps in its own kind) within tolerance."""
+    import torch
+    from safetensors.torch import load_file
+
+    def check(a: Path, b: Path, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+        want, got = load_file(a / "last.safetensors"), load_file(b / "last.safetensors")
+        assert want.keys() == got.keys()
+        for k in want:
+            if not k.startswith("rng/"):
+                torch.testing.assert_close(got[k], want[k], rtol=rtol, atol=atol, msg=k)
+    return check

@@ -15,8 +15,9 @@ positives, 0 sampled negatives, -1 left out.  A YOLO cell holds B boxes (x, y, s
 confidence) then C class scores; x, y are offsets in the cell, w, h fractions of the image (the
 network predicts their square roots, as the paper's loss asks).  Every gradient is written out
 (a backward op beside its forward). smooth_l1 has Triton kernels (a reduction in
-templates/loss.py, an elementwise gradient); the others have none yet and run on the triton
-backend as `torch` steps (compiler/torch_call.py).
+templates/loss.py, an elementwise gradient); rpn_loss, yolo_loss and their gradients have
+theirs in templates/detection.py; yolo_decode and fast_rcnn_loss have none yet and run on the
+triton backend as `torch` steps (compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def _rpn_masks(labels, dtype):
 
 @register
 class RpnLoss(Op):
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "detection"  # one program summing over the anchors (templates/detection.py)
+    triton_epilogue = True
     name = layer = "rpn_loss"
     n_inputs = 4
     args = (Arg("beta", None, kind="float", doc="smooth-L1 beta of the box term; 1/9"),
@@ -176,7 +178,7 @@ class RpnLoss(Op):
 class RpnLossBwd(Op):
     """d/d objectness = (sigmoid(z) - [positive]) sampled / n;
     d/d deltas = box_weight * smooth_l1'(d - t) positive / n."""
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "detection"
 
     name = "rpn_loss_bwd"
     n_inputs = 5
@@ -256,7 +258,7 @@ def _yolo_dims(t: TensorType, what: str, boxes: int | None = None):
 
 
 class _YoloOp(Op):
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "torch"      # yolo_decode has no kernel: its reference forward runs in the step
     args = (Arg("boxes", 2, kind="int", doc="boxes per cell (B)"),
             Arg("size", None, kind="int2", doc="image size in pixels, s or [h, w]"))
 
@@ -362,6 +364,8 @@ def _targets_of(pred, gt, attrs):
 @register
 class YoloLoss(FirstInputGrad, _YoloOp):
     name = layer = "yolo_loss"
+    triton = "detection"  # one program over the cells (templates/detection.py)
+    triton_epilogue = True
     n_inputs = 2
     args = _YoloOp.args + (
         Arg("coord", 5.0, kind="float", doc="weight of the box coordinates (lambda_coord)"),
@@ -398,7 +402,7 @@ class YoloLoss(FirstInputGrad, _YoloOp):
 @register
 class YoloLossBwd(FirstInputGradBwd):
     """d loss / d pred = 2 weight (pred - target) / N (the IoU target is a constant)."""
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "detection"  # one program per block of cells (templates/detection.py)
 
     name = "yolo_loss_bwd"
 

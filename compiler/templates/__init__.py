@@ -11,6 +11,7 @@
     dense         crop, bilinear resizing, adaptive average pooling, per-pixel cross-entropy,
                   and their gradients (dense.py)
     roi           spatial pyramid pooling, RoI pooling, RoI align and their gradients (roi.py)
+    detection     YOLO v1's and the RPN's losses and their gradients (detection.py)
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import importlib
 from ..ir import numel  # noqa: F401  (templates import it from here)
 
 FAMILIES = ("elementwise", "matmul", "conv", "pool", "reduce", "norm", "loss", "copy", "dense",
-            "roi")
+            "roi", "detection")
 
 
 def template(family: str):

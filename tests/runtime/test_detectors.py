@@ -214,3 +214,23 @@ def test_selective_search_finds_the_shapes_and_is_cached(tmp_path, monkeypatch):
         assert (iou(real, torch.tensor(boxes)).max(dim=1).values >= 0.5).all()
     monkeypatch.setattr(proposals, "_search", lambda *a: pytest.fail("not cached"))
     np.testing.assert_array_equal(proposals.selective_search_boxes(d["x"][0], 32), found[0])
+
+
+def test_yolo_trains_on_triton_as_on_the_reference_without_a_torch_step(tmp_path, capsys,
+                                                                          trained_alike):
+    """yolo_loss and its gradient are kernels (templates/detection.py): the plan has no torch
+    step (so a GPU step can be captured as a CUDA graph), and a short run on the Triton
+    backend ends with the reference's losses and weights."""
+    text = TINY_YOLO.replace("epochs    2", "epochs    1").replace("n=40", "n=20")
+    spec = _spec(tmp_path, text)
+    assert main(["compile", str(spec), "--emit", "plan"]) == 0
+    plan = capsys.readouterr().out
+    assert "detection_" in plan and "torch steps" not in plan
+    for backend in ("reference", "triton"):
+        assert main(["train", str(spec), "--out", str(tmp_path / backend), "--quiet",
+                     "--backend", backend]) == 0
+    runs = {b: [json.loads(l) for l in (tmp_path / b / "metrics.jsonl").read_text().splitlines()]
+            for b in ("reference", "triton")}
+    np.testing.assert_allclose([r["train_loss"] for r in runs["triton"]],
+                               [r["train_loss"] for r in runs["reference"]], rtol=1e-5)
+    trained_alike(tmp_path / "reference", tmp_path / "triton")
