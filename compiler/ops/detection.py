@@ -15,9 +15,9 @@ positives, 0 sampled negatives, -1 left out.  A YOLO cell holds B boxes (x, y, s
 confidence) then C class scores; x, y are offsets in the cell, w, h fractions of the image (the
 network predicts their square roots, as the paper's loss asks).  Every gradient is written out
 (a backward op beside its forward). smooth_l1 has Triton kernels (a reduction in
-templates/loss.py, an elementwise gradient); rpn_loss, yolo_loss and their gradients have
-theirs in templates/detection.py; yolo_decode and fast_rcnn_loss have none yet and run on the
-triton backend as `torch` steps (compiler/torch_call.py).
+templates/loss.py, an elementwise gradient); rpn_loss, yolo_loss, fast_rcnn_loss and their
+gradients have theirs in templates/detection.py; yolo_decode has none yet and runs on the
+triton backend as a `torch` step (compiler/torch_call.py).
 """
 from __future__ import annotations
 
@@ -473,7 +473,8 @@ def _fast_rcnn_terms(scores, deltas, rois, gt, attrs):
 class FastRcnnLoss(Op):
     name = layer = "fast_rcnn_loss"
     n_inputs = 4
-    triton = "torch"      # no kernel yet: its reference forward runs in the step
+    triton = "detection"  # one program matching every RoI (templates/detection.py)
+    triton_epilogue = True
     box_target = True     # a train section's target: the data's boxes [N, M, 5]
     reads = ("deltas", "rois")   # the other tensors the loss reads, by output or input name
     args = (Arg("deltas", "deltas", kind="name", doc="the output of class-specific box deltas"),
@@ -538,7 +539,7 @@ class FastRcnnLossBwd(Op):
 
     name = "fast_rcnn_loss_bwd"
     n_inputs = 5
-    triton = "torch"
+    triton = "detection"
 
     def infer(self, ins, attrs):
         return [ins[1], ins[2]]

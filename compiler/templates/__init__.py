@@ -11,7 +11,7 @@
     dense         crop, bilinear resizing, adaptive average pooling, per-pixel cross-entropy,
                   and their gradients (dense.py)
     roi           spatial pyramid pooling, RoI pooling, RoI align and their gradients (roi.py)
-    detection     YOLO v1's and the RPN's losses and their gradients (detection.py)
+    detection     the YOLO v1, RPN and Fast R-CNN losses and their gradients (detection.py)
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Detection loss kernels: YOLO v1's loss and the RPN's loss, forward (a scalar) and gradient.
+"""Detection loss kernels: the YOLO v1, RPN and Fast R-CNN losses, forward (a scalar) and
+gradient.
 
     yolo_loss      pred [N, S, S, D = 5B + C], gt [N, M, 5] -> sum(w (pred - t)^2) / N
     yolo_loss_bwd  (gy, pred, gt) -> gy * 2 w (pred - t) / N, shaped like pred
@@ -6,6 +7,10 @@
                    -> (sum over sampled of BCE-with-logits
                        + box_weight * sum over positives of smooth-L1) / max(#sampled, 1)
     rpn_loss_bwd   (gy, the same four) -> d/d objectness, d/d deltas
+    fast_rcnn_loss (scores [R, V = C+1], deltas [R, 4V], rois [N, P, 4], gt [N, M, 5])
+                   -> (sum over counted RoIs of softmax CE + box_weight * sum over positives
+                       of smooth-L1 of the class's deltas) / max(#counted, 1)
+    fast_rcnn_loss_bwd (gy, the same four) -> d/d scores, d/d deltas
 
 YOLO works per cell (N*S*S of them, BLOCK cells a program). A cell finds its object by looping
 over its image's M ground-truth rows as yolo_targets does (compiler/ops/detection.py): a row
@@ -23,11 +28,19 @@ The RPN loss walks the N*K anchors in blocks of BLOCK in one program, summing th
 anchors' BCE, the positives' smooth-L1 and the count of sampled anchors. Its gradient needs
 that count before it writes: each program counts every label first (a loop over the labels;
 the interpreter runs one program), then writes its block of both gradients.
+
+Fast R-CNN matches each RoI (BLOCK of them a program, their scores one (BLOCK, BV) tile) to
+its image's gt rows as roi_targets does: the first gt of the highest IoU among rows of class
+> 0, its class if IoU >= fg_iou, background from bg_low, left out below, background for every
+RoI of an image without gt; the target is box_encode with weights 10, 10, 5, 5. The loss is
+one program over the RoIs; the gradient counts the RoIs in every program (a loop over all of
+them, the matching redone), then writes its block's score row and 4V delta row.
 """
 from __future__ import annotations
 
 from . import cdiv, numel, pow2
 from .loss import _scalar_epilogue
+from .reduce import NEG_INF, TILE
 
 BLOCK = 128                    # cells a program on a GPU
 RPN_BLOCK = 1024               # anchors a program on a GPU (each program counts every label)
@@ -36,13 +49,30 @@ INTERPRETER_BLOCK = 1024       # the interpreter's cost is per program: few, lar
 
 def render(ctx) -> None:
     {"yolo_loss": yolo_loss, "yolo_loss_bwd": yolo_loss_bwd,
-     "rpn_loss": rpn_loss, "rpn_loss_bwd": rpn_loss_bwd}[ctx.node.op](ctx)
+     "rpn_loss": rpn_loss, "rpn_loss_bwd": rpn_loss_bwd,
+     "fast_rcnn_loss": fast_rcnn_loss,
+     "fast_rcnn_loss_bwd": fast_rcnn_loss_bwd}[ctx.node.op](ctx)
 
 
 def _block(ctx, total: int, gpu: int = BLOCK) -> int:
     block = min(pow2(total), INTERPRETER_BLOCK if ctx.interpreted else gpu)
     ctx.const("BLOCK", block)
     return block
+
+
+def _area(ctx, box) -> str:
+    """(x1 - x0)+ (y1 - y0)+ of a box given as four variables, as boxes.iou computes it."""
+    x0, y0, x1, y1 = box
+    return ctx.let(f"tl.maximum({x1} - {x0}, 0.0) * tl.maximum({y1} - {y0}, 0.0)")
+
+
+def _iou(ctx, a, area_a: str, b, area_b: str) -> str:
+    """boxes.iou of two boxes given as four variables each (0 where the union is empty)."""
+    iw = ctx.let(f"tl.maximum(tl.minimum({a[2]}, {b[2]}) - tl.maximum({a[0]}, {b[0]}), 0.0)")
+    ih = ctx.let(f"tl.maximum(tl.minimum({a[3]}, {b[3]}) - tl.maximum({a[1]}, {b[1]}), 0.0)")
+    inter = ctx.let(f"{iw} * {ih}")
+    union = ctx.let(f"{area_a} + {area_b} - {inter}")
+    return ctx.let(f"tl.where({union} > 0, {inter} / tl.maximum({union}, 1e-12), 0.0)")
 
 
 # -- YOLO v1 ------------------------------------------------------------------------------------
@@ -116,7 +146,7 @@ class _Yolo:
         e("ty0 = (gy0 / HGT).to(tl.float32)")
         e("tx1 = (gx1 / WID).to(tl.float32)")
         e("ty1 = (gy1 / HGT).to(tl.float32)")
-        e("tarea = tl.maximum(tx1 - tx0, 0.0) * tl.maximum(ty1 - ty0, 0.0)")
+        e(f"tarea = {_area(self.ctx, ('tx0', 'ty0', 'tx1', 'ty1'))}")
 
     def boxes(self) -> list[tuple]:
         """Per box j: its five values (loaded) and its IoU with the gt; then `best`, the
@@ -133,12 +163,8 @@ class _Yolo:
             hh = ctx.let(f"{p[3]} * {p[3]} / 2")
             bx0, by0 = ctx.let(f"{pcx} - {hw}"), ctx.let(f"{pcy} - {hh}")
             bx1, by1 = ctx.let(f"{pcx} + {hw}"), ctx.let(f"{pcy} + {hh}")
-            area = ctx.let(f"tl.maximum({bx1} - {bx0}, 0.0) * tl.maximum({by1} - {by0}, 0.0)")
-            iw = ctx.let(f"tl.maximum(tl.minimum({bx1}, tx1) - tl.maximum({bx0}, tx0), 0.0)")
-            ih = ctx.let(f"tl.maximum(tl.minimum({by1}, ty1) - tl.maximum({by0}, ty0), 0.0)")
-            inter = ctx.let(f"{iw} * {ih}")
-            union = ctx.let(f"{area} + tarea - {inter}")
-            iou = ctx.let(f"tl.where({union} > 0, {inter} / tl.maximum({union}, 1e-12), 0.0)")
+            box = (bx0, by0, bx1, by1)
+            iou = _iou(ctx, box, _area(ctx, box), ("tx0", "ty0", "tx1", "ty1"), "tarea")
             out.append((p, iou))
         e(f"bestv = {out[0][1]}")
         e("best = tl.zeros([BLOCK], dtype=tl.int32)")
@@ -219,16 +245,16 @@ def _anchors(ctx, start: str, li: int) -> tuple[str, str]:
             ctx.let(f"tl.where({lab} > 0, 1.0, 0.0)"))
 
 
-def _smooth_l1(ctx, d: str) -> str:
-    beta = float(ctx.attrs["beta"])
+def _smooth_l1(ctx, d: str, beta: float | None = None) -> str:
+    beta = float(ctx.attrs["beta"] if beta is None else beta)
     ad = ctx.let(f"tl.abs({d})")
     if beta <= 0:
         return ad
     return ctx.let(f"tl.where({ad} < {beta!r}, 0.5 * {d} * {d} / {beta!r}, {ad} - {0.5 * beta!r})")
 
 
-def _smooth_l1_grad(ctx, d: str) -> str:
-    beta = float(ctx.attrs["beta"])
+def _smooth_l1_grad(ctx, d: str, beta: float | None = None) -> str:
+    beta = float(ctx.attrs["beta"] if beta is None else beta)
     if beta <= 0:
         return ctx.let(f"tl.where({d} > 0, 1.0, tl.where({d} < 0, -1.0, 0.0))")
     return ctx.let(f"tl.minimum(tl.maximum({d} / {beta!r}, -1.0), 1.0)")
@@ -242,13 +268,42 @@ def _box_diffs(ctx, di: int, ti: int):
         yield k, ctx.let(f"{d} - {t}")
 
 
+def _two_terms(ctx) -> None:
+    """The accumulators of a classification + box loss over counted items (one program)."""
+    ctx.grid = (1,)
+    ctx.emit("cls = tl.zeros([BLOCK], dtype=tl.float32)  # classification loss per slot")
+    ctx.emit("box = tl.zeros([BLOCK], dtype=tl.float32)  # smooth-L1 of positives per slot")
+    ctx.emit("cnt = tl.zeros([BLOCK], dtype=tl.float32)  # counted items per slot")
+
+
+def _two_terms_total(ctx) -> None:
+    """(sum cls) / n + box_weight * (sum box) / n, n = max(count, 1), through the epilogue."""
+    num = ctx.let("tl.maximum(tl.sum(cnt, axis=0), 1.0)")
+    _scalar_epilogue(ctx, ctx.let(f"tl.sum(cls, axis=0) / {num} + "
+                                  f"BOXW * (tl.sum(box, axis=0) / {num})"))
+
+
+def _count_first(ctx, total: str, count) -> list[bool] | None:
+    """The head of a two-gradient kernel: which outputs are stored (None, and a `pass` body,
+    if neither), then num, the items counted over all of them (`count(start)` emits a block's
+    and returns its condition), computed in every program."""
+    want = [ctx.stores(0), ctx.stores(1)]
+    if not any(want):
+        ctx.emit("pass")
+        return None
+    ctx.emit("cnt = tl.zeros([BLOCK], dtype=tl.float32)")
+    ctx.emit(f"for c0 in range(0, {total}, BLOCK):   # the count, in every program")
+    ctx.indent += 1
+    ctx.emit(f"cnt += tl.where({count('c0')}, 1.0, 0.0)")
+    ctx.indent -= 1
+    ctx.emit("num = tl.maximum(tl.sum(cnt, axis=0), 1.0)")
+    return want
+
+
 def rpn_loss(ctx) -> None:
     _rpn_sizes(ctx, 0)
-    ctx.grid = (1,)
+    _two_terms(ctx)
     e = ctx.emit
-    e("cls = tl.zeros([BLOCK], dtype=tl.float32)  # BCE of sampled anchors per slot")
-    e("box = tl.zeros([BLOCK], dtype=tl.float32)  # smooth-L1 of positives per slot")
-    e("cnt = tl.zeros([BLOCK], dtype=tl.float32)  # sampled anchors per slot")
     e("for a0 in range(0, TOTAL, BLOCK):")
     ctx.indent += 1
     sampled, positive = _anchors(ctx, "a0", 2)
@@ -261,27 +316,21 @@ def rpn_loss(ctx) -> None:
     for _, d in _box_diffs(ctx, 1, 3):
         e(f"box += {positive} * {_smooth_l1(ctx, d)}")
     ctx.indent -= 1
-    num = ctx.let("tl.maximum(tl.sum(cnt, axis=0), 1.0)")
-    _scalar_epilogue(ctx, ctx.let(f"tl.sum(cls, axis=0) / {num} + "
-                                  f"BOXW * (tl.sum(box, axis=0) / {num})"))
+    _two_terms_total(ctx)
+
+
+def _sampled(ctx, start: str) -> str:
+    ctx.emit(f"aa = {start} + tl.arange(0, BLOCK).to(tl.int64)")
+    return f"{ctx.load(3, 'aa', '0', 'aa < TOTAL', other='-1')} >= 0"
 
 
 def rpn_loss_bwd(ctx) -> None:
     block = _rpn_sizes(ctx, 1)
     ctx.grid = (max(1, cdiv(numel(ctx.in_shape(1)), block)),)
-    want = [ctx.stores(0), ctx.stores(1)]
-    if not any(want):
-        ctx.emit("pass")
+    want = _count_first(ctx, "TOTAL", lambda start: _sampled(ctx, start))
+    if want is None:
         return
     e = ctx.emit
-    e("cnt = tl.zeros([BLOCK], dtype=tl.float32)")
-    e("for a0 in range(0, TOTAL, BLOCK):")
-    ctx.indent += 1
-    e("aa = a0 + tl.arange(0, BLOCK).to(tl.int64)")
-    lab = ctx.load(3, "aa", "0", "aa < TOTAL", other="-1")
-    e(f"cnt += tl.where({lab} >= 0, 1.0, 0.0)")
-    ctx.indent -= 1
-    e("num = tl.maximum(tl.sum(cnt, axis=0), 1.0)  # anchors sampled")
     gy = ctx.value(ctx.node.inputs[0], ctx.in_shape(1), "0", "0", "True")
     sampled, positive = _anchors(ctx, "tl.program_id(0).to(tl.int64) * BLOCK", 3)
     if want[0]:
@@ -293,3 +342,130 @@ def rpn_loss_bwd(ctx) -> None:
         for k, d in _box_diffs(ctx, 2, 4):
             e(f"tl.store({ctx.out_ptr(1)} + a * 4 + {k}, {scale} * {_smooth_l1_grad(ctx, d)}, "
               "mask=amask)")
+
+
+# -- Fast R-CNN ---------------------------------------------------------------------------------
+
+class _FastRcnn:
+    """The sizes of one fast_rcnn kernel over R = N*P RoIs; `si` the index of scores on the
+    anchor (deltas, rois and gt follow it)."""
+
+    def __init__(self, ctx, si: int):
+        self.ctx, self.si, self.di, self.ri, self.gi = ctx, si, si + 1, si + 2, si + 3
+        r, v = ctx.in_shape(si)
+        n, p, _ = ctx.in_shape(self.ri)
+        self.r = r
+        ctx.int("R", r)
+        ctx.const("V", v), ctx.const("P", p), ctx.const("M", ctx.in_shape(self.gi)[1])
+        ctx.const("BV", pow2(v))
+        ctx.const("BD", pow2(4 * v))
+        ctx.float("FG", float(ctx.attrs["fg_iou"])), ctx.float("BGLOW", float(ctx.attrs["bg_low"]))
+        ctx.float("BOXW", float(ctx.attrs["box_weight"]))
+        self.block = min(pow2(r), max(1, TILE // pow2(4 * v)), 64)
+        ctx.const("BLOCK", self.block)
+
+    def match(self, start: str) -> None:
+        """rr, rmask (BLOCK,) RoIs; lab (int64: its best gt's class if IoU >= FG, 0 between
+        BGLOW and FG or when the image has no gt, -1 below BGLOW) as roi_targets assigns it,
+        and the encoded targets t0..t3 of its best gt (weights 10, 10, 5, 5)."""
+        e, ctx = self.ctx.emit, self.ctx
+        e(f"rr = {start} + tl.arange(0, BLOCK).to(tl.int64)  # (BLOCK,) RoIs")
+        e("rmask = rr < R")
+        e("img = rr // P")
+        rx0, ry0, rx1, ry1 = (ctx.load(self.ri, f"rr * 4 + {k}", "0", "rmask") for k in range(4))
+        e(f"rarea = {_area(ctx, (rx0, ry0, rx1, ry1))}")
+        e("best = tl.full([BLOCK], -1.0, tl.float32)")
+        e("bcls = tl.zeros([BLOCK], dtype=tl.int64)")
+        for v in ("bx0", "by0", "bx1", "by1"):
+            e(f"{v} = tl.zeros([BLOCK], dtype=tl.float32)")
+        e("for m in range(M):")
+        ctx.indent += 1
+        e("g = img * (M * 5) + m * 5")
+        cls = ctx.load(self.gi, "g", "0", "rmask", other="-1.0")
+        x0, y0, x1, y1 = (ctx.load(self.gi, f"g + {k}", "0", "rmask") for k in range(1, 5))
+        gt = (x0, y0, x1, y1)
+        iou = _iou(ctx, (rx0, ry0, rx1, ry1), "rarea", gt, _area(ctx, gt))
+        e(f"take = ({cls} > 0) & ({iou} > best)")
+        e(f"best = tl.where(take, {iou}, best)")
+        e(f"bcls = tl.where(take, {cls}.to(tl.int64), bcls)")
+        for v, x in (("bx0", x0), ("by0", y0), ("bx1", x1), ("by1", y1)):
+            e(f"{v} = tl.where(take, {x}, {v})")
+        ctx.indent -= 1
+        e("lab = tl.where(best >= FG, bcls, tl.where(best >= BGLOW, 0, -1))")
+        e("lab = tl.where(best < 0, 0, lab)  # an image without gt: every RoI background")
+        e(f"rw = {rx1} - {rx0}")
+        e(f"rh = {ry1} - {ry0}")
+        e("pos = rmask & (lab > 0)")
+        e("gw = bx1 - bx0")
+        e("gh = by1 - by0")
+        e("sw = tl.where(pos, rw, 1.0)  # the targets of others are never read: kept finite")
+        e("sh = tl.where(pos, rh, 1.0)")
+        e(f"t0 = 10.0 * ((bx0 + 0.5 * gw) - ({rx0} + 0.5 * rw)) / sw")
+        e(f"t1 = 10.0 * ((by0 + 0.5 * gh) - ({ry0} + 0.5 * rh)) / sh")
+        e("t2 = 5.0 * tl.log(tl.where(pos, gw, sw) / sw)")
+        e("t3 = 5.0 * tl.log(tl.where(pos, gh, sh) / sh)")
+        e("counted = rmask & (lab >= 0)")
+
+    def scores(self) -> str:
+        """cc (BV,) classes, smask, the scores tile (BLOCK, BV) (0 in absent rows, -inf in
+        padding columns); exp(z - max) in ex, its sum in s and the log-sum-exp lse."""
+        e, ctx = self.ctx.emit, self.ctx
+        e("cc = tl.arange(0, BV)")
+        e("smask = rmask[:, None] & (cc < V)[None, :]")
+        z = ctx.load(self.si, "rr[:, None] * V + cc[None, :]", "0", "smask")
+        e(f"z = tl.where((cc < V)[None, :], {z}, {NEG_INF})")
+        e("zmax = tl.max(z, axis=1)")
+        e("ex = tl.exp(z - zmax[:, None])")
+        e("s = tl.sum(ex, axis=1)")
+        e("lse = zmax + tl.log(s)")
+        return "z"
+
+    def deltas(self) -> list[str]:
+        """The four deltas of each RoI's class (its label, 0 for -1)."""
+        col = self.ctx.let("rr * (4 * V) + tl.maximum(lab, 0) * 4")
+        return [self.ctx.load(self.di, f"{col} + {k}", "0", "rmask") for k in range(4)]
+
+
+def fast_rcnn_loss(ctx) -> None:
+    f = _FastRcnn(ctx, 0)
+    _two_terms(ctx)
+    e = ctx.emit
+    e("for r0 in range(0, R, BLOCK):")
+    ctx.indent += 1
+    f.match("r0")
+    z = f.scores()
+    e(f"zy = tl.sum(tl.where(cc[None, :] == lab[:, None], {z}, 0.0), axis=1)")
+    e("cls += tl.where(counted, lse - zy, 0.0)")
+    e("cnt += tl.where(counted, 1.0, 0.0)")
+    for k, d in enumerate(f.deltas()):
+        e(f"box += tl.where(pos, {_smooth_l1(ctx, ctx.let(f'{d} - t{k}'), 1.0)}, 0.0)")
+    ctx.indent -= 1
+    _two_terms_total(ctx)
+
+
+def fast_rcnn_loss_bwd(ctx) -> None:
+    f = _FastRcnn(ctx, 1)
+    ctx.grid = (max(1, cdiv(f.r, f.block)),)
+    want = _count_first(ctx, "R", lambda start: f.match(start) or "counted")
+    if want is None:
+        return
+    e = ctx.emit
+    gy = ctx.value(ctx.node.inputs[0], ctx.in_shape(1), "0", "0", "True")
+    f.match("tl.program_id(0).to(tl.int64) * BLOCK")
+    if want[0]:
+        f.scores()
+        e("onehot = tl.where(cc[None, :] == lab[:, None], 1.0, 0.0)")
+        e(f"gs = {gy} * (ex / s[:, None] - onehot) * tl.where(counted, 1.0, 0.0)[:, None] / num")
+        e(f"tl.store({ctx.out_ptr(0)} + rr[:, None] * V + cc[None, :], gs, mask=smask)")
+    if want[1]:
+        e("dc = tl.arange(0, BD)")
+        e("dmask = rmask[:, None] & (dc < 4 * V)[None, :]")
+        e("doffs = rr[:, None] * (4 * V) + dc[None, :]")
+        d = ctx.load(2, "doffs", "0", "dmask")
+        e("k4 = dc % 4")
+        e("t = tl.where(k4 == 0, t0[:, None], tl.where(k4 == 1, t1[:, None], "
+          "tl.where(k4 == 2, t2[:, None], t3[:, None])))")
+        grad = _smooth_l1_grad(ctx, ctx.let(f"{d} - t"), 1.0)
+        e("hit = pos[:, None] & ((dc // 4)[None, :] == lab[:, None])")
+        e(f"gd = tl.where(hit, {gy} * BOXW / num * {grad}, 0.0)")
+        e(f"tl.store({ctx.out_ptr(1)} + doffs, gd, mask=dmask)")

@@ -206,11 +206,12 @@ def test_gt_proposals_pass_feeds_the_roi_head_in_training_only(tmp_path, capsys)
 def test_the_plan_of_a_detector_binds_its_boxes_per_image(capsys):
     """`--emit plan` of a detector plans for the boxes per image the data promises
     (shapes' max_shapes); the RPN's views are copy kernels, its target assignment and
-    proposal layer torch steps."""
+    proposal layer torch steps, its loss and the loss's gradient kernels."""
     spec = Path(__file__).parents[2] / "examples" / "faster_rcnn.dls"
     assert main(["compile", str(spec), "--emit", "plan", "--batch", "4"]) == 0
     plan = capsys.readouterr().out
     assert plan.splitlines()[0] == "plan FasterRCNN.train (M=3, N=4)"
     steps = next(l for l in plan.splitlines() if l.startswith("torch steps:"))
     assert "propose" in steps and "assign_targets" in steps and "per_anchor" not in steps
+    assert "rpn_loss" not in steps and "rpn_loss" in plan
     assert "per_anchor" in plan

@@ -13,8 +13,8 @@ from .kernel_check import op_graph, run_both
 
 # Image 0 (48 x 60 pixels, S = 3: cells of 16 x 20): two boxes in the cell (0, 0) (the later
 # one owns it), a padding row between them, a box over the whole image (centre cell (1, 1)),
-# one whose centre lies exactly on a grid line (x0 + x1 = 40: cx * S = 1 in float64, just
-# under 1 in float32), one at the bottom right border; image 1: no box at all (padding only).
+# one whose centre lies exactly on a grid line (x0 + x1 = 40: cx * S = 1, the cell to its
+# right), one at the bottom right border; image 1: no box at all (padding only).
 YOLO_GT = torch.tensor([[[1, 2, 3, 15, 12], [-1, 0, 0, 0, 0], [3, 4, 1, 18, 14],
                          [2, 0, 0, 60, 48], [4, 10, 20, 30, 40], [1, 40, 33, 60, 48]],
                         [[-1, 0, 0, 0, 0]] * 6], dtype=torch.float32)
@@ -104,3 +104,40 @@ def test_rpn_loss_and_gradient_kernels(case, beta, box_weight):
     torch.testing.assert_close(out[2], deltas.grad, rtol=1e-5, atol=1e-7)
     assert (out[1] != 0).any() == (labels >= 0).any()
     assert (out[2] != 0).any() == (labels > 0).any()
+
+
+# Image 0: a RoI on a gt (positive), one half over it (IoU between bg_low and fg_iou), one far
+# away (below bg_low: left out), one across the image border, one overlapping two gt boxes
+# equally (the first wins); a padding row among the gt. Image 1: no gt at all (every RoI
+# background).
+FR_ROIS = torch.tensor([[[2, 2, 14, 12], [8, 2, 20, 12], [40, 40, 44, 44], [30, 28, 52, 50],
+                         [14, 0, 26, 12]],
+                        [[0, 0, 10, 10], [5, 5, 20, 20], [1, 2, 3, 4], [10, 10, 30, 30],
+                         [0, 0, 48, 48]]], dtype=torch.float32)
+FR_GT = torch.tensor([[[2, 2, 2, 14, 12], [-1, 0, 0, 0, 0], [1, 26, 0, 38, 12],
+                       [3, 28, 30, 48, 48]],
+                      [[-1, 0, 0, 0, 0]] * 4], dtype=torch.float32)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_fast_rcnn_loss_and_gradient_kernels(n):
+    c = 3
+    rois, gt = FR_ROIS[:n], FR_GT[:n]
+    r = n * rois.shape[1]
+    attrs = get_op("fast_rcnn_loss").attrs({}, [])
+    g = op_graph("fast_rcnn_loss", [(r, c + 1), (r, 4 * (c + 1)), tuple(rois.shape),
+                                    tuple(gt.shape)], attrs, grad_wrt=(0, 1))
+    gen = torch.Generator().manual_seed(n)
+    scores, deltas = torch.randn(r, c + 1, generator=gen), torch.randn(r, 4 * (c + 1),
+                                                                        generator=gen)
+    inputs = {"x0": scores, "x1": deltas, "x2": rois, "x3": gt, "r": torch.tensor(0.9)}
+    out = []
+    plan = run_both(g, inputs, rtol=1e-5, atol=1e-6, outputs=out)
+    assert plan.torch_steps == 0
+    s, d = scores.clone().requires_grad_(), deltas.clone().requires_grad_()
+    loss = get_op("fast_rcnn_loss").forward([s, d, rois, gt], attrs, None)[0]
+    (loss * inputs["r"]).backward()
+    torch.testing.assert_close(out[0], loss.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out[1], s.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(out[2], d.grad, rtol=1e-5, atol=1e-7)
+    assert (out[2] != 0).any()
