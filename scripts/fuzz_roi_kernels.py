@@ -78,7 +78,12 @@ def run_case(case: dict) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return fuzz(draw_case, run_case, __doc__)
+
+
+def fuzz(draw_case, run_case, doc: str) -> int:
+    """Draws and runs --cases cases from --seed; prints the failures and the count."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--cases", type=int, default=300)
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args()

@@ -361,7 +361,8 @@ class _FastRcnn:
         ctx.const("BD", pow2(4 * v))
         ctx.float("FG", float(ctx.attrs["fg_iou"])), ctx.float("BGLOW", float(ctx.attrs["bg_low"]))
         ctx.float("BOXW", float(ctx.attrs["box_weight"]))
-        self.block = min(pow2(r), max(1, TILE // pow2(4 * v)), 64)
+        cap = TILE if ctx.interpreted else 64      # the interpreter: few, large programs
+        self.block = min(pow2(r), max(1, TILE // pow2(4 * v)), cap)
         ctx.const("BLOCK", self.block)
 
     def match(self, start: str) -> None:
