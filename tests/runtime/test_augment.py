@@ -383,28 +383,18 @@ def test_boxes_refuse_label_mixing_and_moving_beside_proposals(tmp_path, capsys)
 
 def test_a_detector_is_fed_its_boxes_moved_with_its_images(tmp_path, fed_inputs):
     spec = tmp_path / "y.dls"
-    spec.write_text("""
-model TinyYolo(S=2, B=1, classes=3) {
-    input x: f32[3, 16, 16]
-    conv(8, 3, stride=2) -> leaky_relu(0.1) -> maxpool(2)
-    flatten -> linear(S * S * (5 * B + classes)) -> yolo_head(grid=S, boxes=B, classes=classes)
-}
-train {
-    data      shapes(n=20, size=16, max_shapes=2, val=0.2, test=0.2)
-    loss      yolo_loss(boxes=1, size=16)
-    augment   flip(p=1)
-    batch     8
-    epochs    1
-}
-""")
+    from test_detectors import TINY_YOLO
+    spec.write_text(TINY_YOLO.replace("    batch     8", "    augment   flip(p=1)\n    batch     8")
+                    .replace("epochs    2", "epochs    1"))
     dlc.train(dlc.compile_spec(spec), tmp_path / "run", backend="reference", progress=False)
     data = load(dlc.compile_spec(spec).config.data, 0, tmp_path)
     truth = torch.as_tensor(data.train.target("boxes"))
-    assert len(fed_inputs) == 2
+    assert len(fed_inputs) == 3                    # 24 training images, batches of 8
     for step in fed_inputs:
         fed, want = step["inputs"]["boxes"], truth[step["idx"]].clone()
         real = want[..., 0] > 0
-        want[..., 1], want[..., 3] = 16 - truth[step["idx"]][..., 3], 16 - truth[step["idx"]][..., 1]
+        want[..., 1] = 16 - truth[step["idx"]][..., 3]
+        want[..., 3] = 16 - truth[step["idx"]][..., 1]
         assert torch.equal(fed[real], want[real])                  # every box mirrored
         assert torch.equal(step["inputs"]["x"], torch.as_tensor(
             data.train.x[step["idx"].numpy()]).flip(3))
