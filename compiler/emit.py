@@ -121,13 +121,16 @@ def train_plan(spec, batch: int):
     from .pipeline import build_train_graph
     from .plan import make_plan
     g = build_train_graph(spec.graph, spec.config)
-    sizes = {"N": batch, **boxes_per_image(g, spec.config)}
-    symbolic = [v for v in g.inputs
-                if any(isinstance(d, str) and d.isidentifier() and d not in sizes
-                       for d in v.type.shape)]
-    symbols = sorted({d for v in symbolic for d in v.type.shape
-                      if isinstance(d, str) and d.isidentifier() and d not in sizes})
-    if symbols:
+    sizes = {"N": batch}
+    if any(getattr(get(t.call.name), "box_target", False) for t in spec.config.loss_terms()):
+        sizes["M"] = boxes_per_image(spec.config)      # a detector's %boxes [N, M, 5]
+
+    def unbound(v) -> list[str]:
+        return [d for d in v.type.shape if isinstance(d, str) and d.isidentifier()
+                and d not in sizes]
+    symbolic = [v for v in g.inputs if unbound(v)]
+    if symbolic:
+        symbols = sorted({d for v in symbolic for d in unbound(v)})
         raise UserError(f"the kernel plan needs concrete sizes, but the input has the size "
                         f"symbol{'s' if len(symbols) > 1 else ''} {', '.join(symbols)}",
                         spec.graph.input_locs.get(symbolic[0].input_name)
@@ -137,11 +140,7 @@ def train_plan(spec, batch: int):
     return make_plan(g, sizes, training=True)
 
 
-def boxes_per_image(g, cfg) -> dict:
-    """A detector's train graph reads ground-truth boxes [N, M, 5], M the most boxes of any
-    image, known only when the data is read: a plan shown before that binds M to what the
-    data promises (shapes' max_shapes) or 3."""
-    if not any(v.type.rank == 3 and v.type.shape[1] == "M" for v in g.inputs):
-        return {}
-    m = cfg.data.args.get("max_shapes", 3) if cfg.data.name == "shapes" else 3
-    return {"M": int(m)}
+def boxes_per_image(cfg) -> int:
+    """M, a detector's ground-truth boxes per image, before the data is read (a plan, a
+    bench): what the data promises (shapes' max_shapes), else 3."""
+    return int(cfg.data.args.get("max_shapes", 3)) if cfg.data.name == "shapes" else 3

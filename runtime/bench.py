@@ -6,7 +6,8 @@ the same network as PyTorch baselines in the same process.
 
 What is measured, on synthetic data of the model's input shape (labels drawn in the range
 of the output width for cross-entropy, per-pixel labels for a segmentation loss, for a
-detector BOXES generated ground-truth boxes per image (and sliding windows as the
+detector generated ground-truth boxes, as many per image as the data promises
+(compiler/emit.py `boxes_per_image`) (and sliding windows as the
 `proposals` input), normal targets otherwise):
 
     train     median / min / max ms per training step, samples/s, peak device memory
@@ -46,16 +47,13 @@ import torch
 from ..compiler.config import target_input
 from ..compiler.pipeline import (build_infer_graph, build_train_graph, target_type,
                                  term_output)
-from ..compiler.emit import text_table
+from ..compiler.emit import boxes_per_image, text_table
 from ..spec.diagnostics import UserError
 from .backends import make_program, resolve
 from .checks import check_batch_norm
 from .detect import detector_of
 from .proposals import INPUT as PROPOSALS, sliding_windows
 from .state import init_state
-
-BOXES = 3                  # ground-truth boxes per image of a detector's synthetic batch
-
 
 
 # -- setup -------------------------------------------------------------------------------------
@@ -136,11 +134,11 @@ def synthetic_inputs(spec, batch: int, device, seed: int = 0) -> dict:
 
 def _target(spec, term, batch: int, gen) -> torch.Tensor:
     """A loss term's synthetic target: class indices in range of the scored output's width
-    (cross-entropy, per pixel for pixel_cross_entropy), BOXES boxes per image (a detection
-    loss), else normal values of the output's shape."""
+    (cross-entropy, per pixel for pixel_cross_entropy), boxes (a detection loss), else
+    normal values of the output's shape."""
     g, name, det = spec.graph, term.call.name, detector_of(spec.config)
     if det is not None and term.target == det.target:
-        return _boxes(g, det.classes(g), batch, gen)
+        return _boxes(g, det.classes(g), batch, boxes_per_image(spec.config), gen)
     out = term_output(g, term).type
     want = target_type(out, name)
     shape = _concrete(want.shape[1:], "the target")
@@ -158,14 +156,14 @@ def _image_size(g) -> tuple[int, int]:
     return h, w
 
 
-def _boxes(g, classes: int, batch: int, gen) -> torch.Tensor:
-    """(batch, BOXES, 5) ground truth [class 1..C, x0, y0, x1, y1]: squares of a sixth to a
+def _boxes(g, classes: int, batch: int, m: int, gen) -> torch.Tensor:
+    """(batch, m, 5) ground truth [class 1..C, x0, y0, x1, y1]: squares of a sixth to a
     half of the image's shorter side, anywhere inside it."""
     h, w = _image_size(g)
-    side = min(h, w) * (1 / 6 + torch.rand((batch, BOXES), generator=gen) / 3)
-    x0 = (w - side) * torch.rand((batch, BOXES), generator=gen)
-    y0 = (h - side) * torch.rand((batch, BOXES), generator=gen)
-    cls = torch.randint(1, classes + 1, (batch, BOXES), generator=gen).float()
+    side = min(h, w) * (1 / 6 + torch.rand((batch, m), generator=gen) / 3)
+    x0 = (w - side) * torch.rand((batch, m), generator=gen)
+    y0 = (h - side) * torch.rand((batch, m), generator=gen)
+    cls = torch.randint(1, classes + 1, (batch, m), generator=gen).float()
     return torch.stack([cls, x0, y0, x0 + side, y0 + side], dim=2)
 
 
@@ -354,7 +352,8 @@ def bench(spec, *, backend: str = "auto", device: str | None = None, batch: int 
     if not gpu:
         result["notes"].append("CPU: no device memory figures; times from time.perf_counter")
     if detector_of(spec.config) is not None:
-        result["notes"].append(f"detector: {BOXES} generated ground-truth boxes per image")
+        result["notes"].append(f"detector: {boxes_per_image(spec.config)} generated "
+                               "ground-truth boxes per image")
     result["train"] = bench_dlc_train(setup, steps=steps, warmup=warmup,
                                       profile_runs=profile_runs)
     result["infer"] = bench_dlc_infer(setup, steps=steps, warmup=warmup) if infer else None

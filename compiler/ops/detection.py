@@ -206,10 +206,6 @@ def _per_anchor_dims(t: TensorType, k: int, what: str) -> tuple:
     return t.shape[0], t.shape[1] // k, t.shape[2], t.shape[3]
 
 
-def per_anchor_shape(n, a: int, h: int, w: int, k: int) -> tuple:
-    return (n, h * w * a) if k == 1 else (n, h * w * a, k)
-
-
 @register
 class PerAnchor(Op):
     name = layer = "per_anchor"
@@ -220,8 +216,9 @@ class PerAnchor(Op):
            "[N, H*W*A] for k = 1, [N, H*W*A, k] otherwise.")
 
     def infer(self, ins, attrs):
-        n, a, h, w = _per_anchor_dims(ins[0], attrs["values"], "per_anchor")
-        return [TensorType(per_anchor_shape(n, a, h, w, attrs["values"]), ins[0].dtype)]
+        k = attrs["values"]
+        n, a, h, w = _per_anchor_dims(ins[0], k, "per_anchor")
+        return [TensorType((n, h * w * a) if k == 1 else (n, h * w * a, k), ins[0].dtype)]
 
     def forward(self, ins, attrs, ctx):
         x, k = ins[0], attrs["values"]

@@ -26,16 +26,20 @@ def render(ctx) -> None:
      "per_anchor_bwd": per_anchor_bwd}[ctx.node.op](ctx)
 
 
-def walk(ctx, shape: tuple, axis: int) -> None:
-    """pid -> offs over the output -> mask, its (o, a, i) around `axis` and its channel."""
-    total = numel(shape)
+def _flat(ctx, total: int) -> None:
+    """pid -> offs, the flat output elements of this program, and their mask."""
     n = ctx.int("n", total)
-    a_len = ctx.int("A", shape[axis])
-    inner = ctx.int("INNER", numel(shape[axis + 1:]))
     blk = ctx.const("BLOCK", BLOCK)
     ctx.grid = (max(1, cdiv(total, BLOCK)),)
     ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * {blk} + tl.arange(0, {blk})  # (BLOCK,)")
     ctx.emit(f"mask = offs < {n}")
+
+
+def walk(ctx, shape: tuple, axis: int) -> None:
+    """pid -> offs over the output -> mask, its (o, a, i) around `axis` and its channel."""
+    _flat(ctx, numel(shape))
+    a_len = ctx.int("A", shape[axis])
+    inner = ctx.int("INNER", numel(shape[axis + 1:]))
     ctx.emit(f"i = offs % {inner}")
     ctx.emit(f"a = (offs // {inner}) % {a_len}")
     ctx.emit(f"o = offs // {inner} // {a_len}")
@@ -84,14 +88,6 @@ def slice_(ctx) -> None:
     ctx.emit(f"src = (o * {a_in} + a + {s}) * INNER + i")
     v = ctx.load(0, "src", f"a + {s}" if axis == 1 else "chan", "mask")
     finish(ctx, v)
-
-
-def _flat(ctx, total: int) -> None:
-    n = ctx.int("n", total)
-    blk = ctx.const("BLOCK", BLOCK)
-    ctx.grid = (max(1, cdiv(total, BLOCK)),)
-    ctx.emit(f"offs = tl.program_id(0).to(tl.int64) * {blk} + tl.arange(0, {blk})  # (BLOCK,)")
-    ctx.emit(f"mask = offs < {n}")
 
 
 def _anchor_sizes(ctx, map_shape) -> None:

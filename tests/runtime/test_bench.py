@@ -186,11 +186,11 @@ def _bench_spec(tmp_path, text, *extra) -> dict:
 
 @pytest.mark.parametrize("name", ["TINY_YOLO", "TINY_FAST_RCNN"])
 def test_bench_feeds_a_detector_generated_boxes(tmp_path, name):
-    """A detector's train graph reads boxes [N, M, 5] (M a size symbol): bench feeds BOXES
-    valid boxes per image (classes 1..C inside the image), sliding windows as proposals,
+    """A detector's train graph reads boxes [N, M, 5] (M a size symbol): bench feeds as many
+    valid boxes per image as the data promises (max_shapes=2 here) (classes 1..C inside the image), sliding windows as proposals,
     and times the step and the same network in eager PyTorch."""
     import test_detectors
-    from dlc.runtime.bench import BOXES, synthetic_inputs
+    from dlc.runtime.bench import synthetic_inputs
     from dlc.runtime.proposals import sliding_windows
     text = getattr(test_detectors, name)
     r = _bench_spec(tmp_path, text, "--compare")
@@ -198,10 +198,10 @@ def test_bench_feeds_a_detector_generated_boxes(tmp_path, name):
     assert all(0 < x < 1e3 for x in r["train"]["first_losses"])
     check = r["compare"]["loss_check"]
     assert check["max_abs_diff"] < 1e-4                     # the same network, fed the same
-    assert f"{BOXES} generated ground-truth boxes per image" in " ".join(r["notes"])
+    assert "2 generated ground-truth boxes per image" in " ".join(r["notes"])
     inputs = synthetic_inputs(dlc.compile_spec(tmp_path / "m.dls"), 5, "cpu")
-    boxes = inputs["boxes"]                                 # (5, BOXES, 5)
-    assert boxes.shape == (5, BOXES, 5)
+    boxes = inputs["boxes"]                                 # (5, max_shapes, 5)
+    assert boxes.shape == (5, 2, 5)
     cls, x0, y0, x1, y1 = boxes.unbind(2)
     assert ((cls >= 1) & (cls <= 3) & (cls == cls.round())).all()
     assert ((0 <= x0) & (x0 < x1) & (x1 <= 16) & (0 <= y0) & (y0 < y1) & (y1 <= 16)).all()
